@@ -1,0 +1,153 @@
+"""The ``ace-ray`` command line. Each subcommand reads a workload YAML (``--workload``) plus ``key=value``
+overrides; its own flags are shorthands for overrides (``--products 100`` = ``data.synth.products=100``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ace_ray.config import ConfigError, Workload, dump_config, load_workload
+from ace_ray.data.schema import SchemaError
+
+EPILOG = """examples:
+  ace-ray synth --out data/shop --products 5000
+  ace-ray import fashion-products --src ../shared/data/fashion-products --out data/fp
+  ace-ray validate data/shop
+  ace-ray quickstart --workload workloads/quickstart.yaml data.synth.products=500
+Without RAY_ADDRESS a local Ray listening on 127.0.0.1 is started; with it, the command joins that cluster."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workload", metavar="YAML", help="workload config file (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. data.seed=3")
+
+
+def _sim_flags(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group(f"{what} (shorthands for data.synth.*)")
+    g.add_argument("--days", type=int, help="days of click log")
+    g.add_argument("--sessions", type=int, help="query sessions per day")
+    g.add_argument("--seed", type=int, help="random seed (same seed, same output)")
+    g.add_argument("--workers", type=int, help="concurrent Ray tasks (0 = all CPUs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ace-ray",
+        description="ACE-BERT multimodal product retrieval on Ray: data, training, evaluation, serving.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate the synthetic shop (catalogue, images, click log)",
+                       description="Generate a synthetic shop: products with attributes, seller titles, rendered "
+                       "photos, and a click log from a position-biased click model. Deterministic by seed; "
+                       "runs as parallel Ray tasks.")  # fmt: skip
+    p.add_argument("--out", help="catalogue directory (data.root)")
+    p.add_argument("--products", type=int, help="number of products")
+    _sim_flags(p, "click log")
+    _common(p)
+
+    imp = sub.add_parser("import", help="import a catalogue into the data contract",
+                         description="Import a catalogue: the fashion-products folder, or your own table.")  # fmt: skip
+    imp_sub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    p = imp_sub.add_parser("fashion-products", help="the real fashion-products photos and titles",
+                           description="Import ../shared/data/fashion-products (styles.csv + images/). It has no "
+                           "click log: impressions are simulated from its attributes and marked as such.")  # fmt: skip
+    p.add_argument("--src", required=True, help="the fashion-products folder")
+    p.add_argument("--out", required=True, help="catalogue directory to write")
+    _sim_flags(p, "simulated click log")
+    _common(p)
+    p = imp_sub.add_parser("table", help="your own catalogue from CSV or Parquet",
+                           description="Import your catalogue; name which columns hold what. With no "
+                           "--impressions, a click log is simulated from the category and --attr-cols.")  # fmt: skip
+    p.add_argument("--products", required=True, help="products table (.csv, .tsv or .parquet)")
+    p.add_argument("--images", required=True, help="folder the image column's paths are relative to")
+    p.add_argument("--out", required=True, help="catalogue directory to write")
+    p.add_argument("--id-col", required=True, help="column with the product id")
+    p.add_argument("--title-col", required=True, help="column with the title")
+    p.add_argument("--category-col", required=True, help="column with the leaf category")
+    p.add_argument("--image-col", required=True, help="column with the image path")
+    p.add_argument("--category-path-col", help="column with the category path (default: the category)")
+    p.add_argument("--attr-cols", default="", help="comma-separated attribute columns (colour,brand,...)")
+    p.add_argument("--impressions", help="click log with day,session_id,query,product_id,position,clicked")
+    _sim_flags(p, "simulated click log")
+    _common(p)
+
+    p = sub.add_parser("validate", help="check a catalogue, quarantine bad rows, print counts",
+                       description="Check the whole data contract. Bad rows are reported with file, row and "
+                       "reason and written to quarantine.parquet; counts in = kept + quarantined.")  # fmt: skip
+    p.add_argument("root", help="catalogue directory")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any row was quarantined")
+    _common(p)
+
+    p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
+                       description="Run every stage end to end on the embedded synthetic data.")  # fmt: skip
+    _common(p)
+
+    p = sub.add_parser("config", help="print the effective workload config",
+                       description="Print the workload after overrides, as it would be saved with a run.")  # fmt: skip
+    _common(p)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """Flag shorthands first, so explicit key=value overrides win."""
+    flags = {"out": "data.root", "products": "data.synth.products", "days": "data.synth.days",
+             "sessions": "data.synth.sessions", "seed": "data.synth.seed", "workers": "data.synth.workers"}  # fmt: skip
+    out = [f"{key}={getattr(args, name)}" for name, key in flags.items() if getattr(args, name, None) is not None]
+    if getattr(args, "root", None):
+        out.append(f"data.root={args.root}")
+    return out + list(args.overrides)
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    # Paths given on the command line are relative to where the user is, not to the workspace.
+    for name in ("out", "root"):
+        if getattr(args, name, None):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ace_ray import jobs
+
+    _absolute_paths(args)
+    workload: Workload = load_workload(args.workload, _overrides(args))
+    if args.command == "config":
+        print(dump_config(workload), end="")
+    elif args.command == "synth":
+        jobs.synth(workload)
+    elif args.command == "import" and args.source == "fashion-products":
+        jobs.import_fashion(workload, args.src)
+    elif args.command == "import":
+        from ace_ray.data.importers.table import ColumnMap
+
+        cols = ColumnMap(
+            id=args.id_col,
+            title=args.title_col,
+            category=args.category_col,
+            image=args.image_col,
+            category_path=args.category_path_col,
+            attributes=[c.strip() for c in args.attr_cols.split(",") if c.strip()],
+        )
+        jobs.import_user_table(workload, args.products, args.images, cols, args.impressions)
+    elif args.command == "validate":
+        report = jobs.validate_catalogue(workload)
+        return 1 if args.strict and not report.ok else 0
+    elif args.command == "quickstart":
+        jobs.quickstart(workload)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, SchemaError, FileNotFoundError) as exc:
+        print(f"ace-ray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Typed configs: dataclasses loaded from YAML with dotted ``key=value`` overrides.
+
+Every field is checked against its annotation; an unknown key or a wrong type is a ``ConfigError`` that
+names the dotted key, so a typo in a sweep fails at once instead of silently training the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the typed schema."""
+
+
+@dataclass
+class SynthConfig:
+    """The embedded synthetic shop (``ace-ray synth``)."""
+
+    products: int = 5000
+    days: int = 14
+    sessions: int = 2000  # query sessions per day
+    seed: int = 0
+    list_size: int = 10  # products shown per session
+    image_size: int = 224
+    shard_size: int = 500  # products per Ray task; fixed so output does not depend on worker count
+    workers: int = 0  # concurrent Ray tasks; 0 = as many as Ray has CPUs
+    start_date: str = "2026-01-01"
+
+
+@dataclass
+class ClickModelConfig:
+    """How simulated users query, see ranked lists and click."""
+
+    zipf_exponent: float = 1.05  # query intent popularity
+    intents_per_product: float = 0.25  # size of the intent pool relative to the catalogue
+    candidates: int = 60  # products the shop's current ranker scores per session
+    off_category_share: float = 0.2  # share of candidates drawn from outside the intent's category
+    position_decay: float = 0.7  # examination probability = 1 / (position + 1) ** decay
+    base_ctr: float = 0.6
+    attribute_mismatch: float = 0.12  # relevance factor per intent attribute the product lacks
+    typo_rate: float = 0.05
+    reorder_rate: float = 0.25
+
+
+@dataclass
+class DataConfig:
+    """Where the catalogue lives and how its days are split."""
+
+    root: str = "data/shop"
+    test_days: int = 2  # the last N days are the test days; training never reads their clicks
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
+
+
+@dataclass
+class RayConfig:
+    """Joining a cluster (``address`` or ``RAY_ADDRESS``) or starting a local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None  # local Ray only; None = all cores
+    storage_path: str = "runs"  # Ray Train/Tune results; a shared path or URI on a cluster
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: ``uri`` (or ``MLFLOW_TRACKING_URI``); default an SQLite store inside the workspace."""
+
+    uri: str | None = None
+    experiment: str = "ace-ray"
+
+
+@dataclass
+class Workload:
+    """One job: everything a command needs, saved with every run."""
+
+    name: str = "default"
+    workspace: str = "."  # relative paths below (data.root, ray.storage_path, mlruns) resolve against it
+    data: DataConfig = field(default_factory=DataConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def path(self, p: str | Path) -> Path:
+        """``p`` as an absolute path (workers change directory, so Ray only ever sees absolute paths)."""
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (Path(self.workspace).expanduser().resolve() / p)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp`` (ints widen to floats); raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown key '{key}'{hint}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in (data or {}).items():
+        if key not in hints or key not in names:
+            raise _unknown(f"{prefix}{key}", names)
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (what is saved with a run)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ``("a.b", value)`` with the value read as YAML (``1e-4`` -> float, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from exc
+    # YAML 1.1 reads "1e-4" as a string; users mean a number.
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
+    """Set dotted keys in the nested mapping ``data``; keys are checked against ``cls``'s schema."""
+    for text in overrides:
+        key, value = parse_override(text)
+        node, tp, parts = data, cls, key.split(".")
+        for depth, part in enumerate(parts):
+            dotted = ".".join(parts[: depth + 1])
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"unknown key '{key}': '{'.'.join(parts[:depth])}' is not a section")
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                raise _unknown(dotted, [f.name for f in dataclasses.fields(tp)])
+            tp = hints[part]
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{dotted}: expected a mapping in the config file")
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Load ``cls`` from an optional YAML file plus overrides; errors name the file and key."""
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides or []), cls)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc
+
+
+def load_workload(path: str | Path | None = None, overrides: list[str] | None = None) -> Workload:
+    """The ``Workload`` in ``path`` (or the defaults) with ``key=value`` overrides applied."""
+    return load_config(Workload, path, overrides)
+
+
+def dump_config(cfg: Any) -> str:
+    """The effective config as YAML text (keys in schema order); loads back to an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the effective config as YAML next to a run's outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(cfg))
+    return path

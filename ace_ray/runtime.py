@@ -1,0 +1,63 @@
+"""The one place that starts or joins Ray.
+
+With ``RAY_ADDRESS`` (or ``ray.address`` in the workload) every command joins that cluster; otherwise a
+local Ray is started that listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import ray
+from tqdm.auto import tqdm
+
+from ace_ray.config import RayConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def ensure_ray(cfg: RayConfig | None = None) -> None:
+    """Initialise Ray once per process: join ``address``/``RAY_ADDRESS`` or start a loopback-only local Ray."""
+    if ray.is_initialized():
+        return
+    cfg = cfg or RayConfig()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # silences the token warning on every init
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Workers of a job must import ace_ray: on a cluster it comes with `ray job submit --working-dir .`
+    # or an installed wheel; locally the driver's environment is shared.
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    # A single-node Ray binds to 127.0.0.1 only with this set (see shared/RAY_NOTES.md).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(address="local", num_cpus=cfg.num_cpus, log_to_driver=True)
+
+
+def cluster_cpus() -> int:
+    """Logical CPUs Ray can schedule on (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def run_bounded(submit: Callable[[T], ray.ObjectRef], items: list[T], workers: int = 0, desc: str = "") -> list:
+    """Submit one Ray task per item with at most ``workers`` in flight (0 = all CPUs); results in item
+    order, with a progress bar. Bounding the queue keeps memory flat for large catalogues."""
+    limit = workers or cluster_cpus()
+    results: dict[int, object] = {}
+    pending: dict[ray.ObjectRef, int] = {}
+    queue = list(enumerate(items))
+    with tqdm(total=len(items), desc=desc, unit="task") as bar:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                i, item = queue.pop(0)
+                pending[submit(item)] = i
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                results[pending.pop(ref)] = ray.get(ref)
+                bar.update(1)
+    return [results[i] for i in range(len(items))]

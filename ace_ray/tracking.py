@@ -1,0 +1,69 @@
+"""MLflow: an embedded SQLite store inside the workspace by default, ``MLFLOW_TRACKING_URI`` honoured."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ace_ray.config import Workload, dump_config, flatten, to_dict
+
+# MLflow params are strings of at most this many characters.
+_PARAM_MAX = 6000
+
+
+def tracking_uri(workload: Workload) -> str:
+    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<workspace>/mlruns/mlflow.db``.
+
+    Always absolute: Ray workers change directory, and a relative SQLite URI would open another store.
+    """
+    uri = workload.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = workload.path("mlruns") / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def _experiment_id(mlflow: Any, workload: Workload) -> str:
+    name = workload.tracking.experiment
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if tracking_uri(workload).startswith("sqlite:"):
+        # Keep artefacts next to the store instead of in ./mlartifacts of whatever the cwd is.
+        artifacts = (workload.path("mlruns") / "artifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifacts)
+
+
+@contextlib.contextmanager
+def start_run(workload: Workload, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """An MLflow run with the whole effective config as params and as an artefact; prints its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(workload))
+    exp_id = _experiment_id(mlflow, workload)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
+        params = {k: str(v)[:_PARAM_MAX] for k, v in flatten(to_dict(workload)).items()}
+        mlflow.log_params(params)
+        mlflow.log_text(dump_config(workload), "workload.yaml")
+        yield run
+        print(f"MLflow run {run.info.run_id} ({run_name}) in {mlflow.get_tracking_uri()}")
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log numeric metrics to the active run (non-numbers are skipped by design: they are params)."""
+    import mlflow
+
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    mlflow.log_metrics(clean, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Attach a file to the active run."""
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
