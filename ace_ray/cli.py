@@ -20,7 +20,9 @@ Without RAY_ADDRESS a local Ray listening on 127.0.0.1 is started; with it, the 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", metavar="YAML", help="workload config file (default: built-in defaults)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. data.seed=3")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. data.seed=3"
+    )
 
 
 def _sim_flags(p: argparse.ArgumentParser, what: str) -> None:
@@ -96,7 +98,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     """Flag shorthands first, so explicit key=value overrides win."""
     flags = {"out": "data.root", "products": "data.synth.products", "days": "data.synth.days",
              "sessions": "data.synth.sessions", "seed": "data.synth.seed", "workers": "data.synth.workers"}  # fmt: skip
-    out = [f"{key}={getattr(args, name)}" for name, key in flags.items() if getattr(args, name, None) is not None]
+    out = [
+        f"{key}={getattr(args, name)}" for name, key in flags.items() if getattr(args, name, None) is not None
+    ]
     if getattr(args, "root", None):
         out.append(f"data.root={args.root}")
     return out + list(args.overrides)

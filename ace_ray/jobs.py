@@ -53,14 +53,20 @@ def import_fashion(workload: Workload, src: str | Path) -> Manifest:
 
 
 def import_user_table(
-    workload: Workload, products: str | Path, images: str | Path, cols: ColumnMap, impressions: str | Path | None
+    workload: Workload,
+    products: str | Path,
+    images: str | Path,
+    cols: ColumnMap,
+    impressions: str | Path | None,
 ) -> Manifest:
     """Import a user's CSV/Parquet catalogue into ``data.root``."""
     ensure_ray(workload.ray)
     root = workload.path(workload.data.root)
     with tracking.start_run(workload, "import-table", tags={"stage": "import"}):
         t0 = time.perf_counter()
-        manifest = import_table(products, images, root, cols, workload.data.synth, workload.data.clicks, impressions)
+        manifest = import_table(
+            products, images, root, cols, workload.data.synth, workload.data.clicks, impressions
+        )
         _record_import(workload, "table", manifest, root, time.perf_counter() - t0)
     return manifest
 
@@ -102,4 +108,6 @@ def quickstart(workload: Workload) -> None:
     for i, (name, step) in enumerate(steps, 1):
         print(f"\n=== quickstart {i}/{len(steps)}: {name} ===", flush=True)
         step(workload)
-    print(f"\nquickstart finished in {time.perf_counter() - t0:.1f} s; runs in {tracking.tracking_uri(workload)}")
+    print(
+        f"\nquickstart finished in {time.perf_counter() - t0:.1f} s; runs in {tracking.tracking_uri(workload)}"
+    )

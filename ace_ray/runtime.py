@@ -34,8 +34,13 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
-    # A single-node Ray binds to 127.0.0.1 only with this set (see shared/RAY_NOTES.md).
+    # A single-node Ray binds to 127.0.0.1 only with this set (see shared/RAY_NOTES.md). Ray reads the
+    # variable once, when it is first imported, so the already-imported constant is set as well; child
+    # processes inherit the variable.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(address="local", num_cpus=cfg.num_cpus, log_to_driver=True)
 
 
@@ -44,7 +49,9 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def run_bounded(submit: Callable[[T], ray.ObjectRef], items: list[T], workers: int = 0, desc: str = "") -> list:
+def run_bounded(
+    submit: Callable[[T], ray.ObjectRef], items: list[T], workers: int = 0, desc: str = ""
+) -> list:
     """Submit one Ray task per item with at most ``workers`` in flight (0 = all CPUs); results in item
     order, with a progress bar. Bounding the queue keeps memory flat for large catalogues."""
     limit = workers or cluster_cpus()

@@ -58,7 +58,9 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     """Log numeric metrics to the active run (non-numbers are skipped by design: they are params)."""
     import mlflow
 
-    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    clean = {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     mlflow.log_metrics(clean, step=step)
 
 

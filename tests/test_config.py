@@ -20,7 +20,13 @@ def test_quickstart_workload_loads_with_types():
 def test_overrides_are_typed_and_win_over_the_file():
     wl = load_workload(
         "workloads/quickstart.yaml",
-        ["data.synth.products=10", "data.clicks.base_ctr=1e-1", "ray.address=null", "ray.num_cpus=3", "name=x"],
+        [
+            "data.synth.products=10",
+            "data.clicks.base_ctr=1e-1",
+            "ray.address=null",
+            "ray.num_cpus=3",
+            "name=x",
+        ],
     )
     assert wl.data.synth.products == 10
     assert wl.data.clicks.base_ctr == pytest.approx(0.1)

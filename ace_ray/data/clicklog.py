@@ -115,13 +115,23 @@ def relevance(world: ClickWorld, intent: int, candidates: np.ndarray) -> np.ndar
     rel = np.where(
         world.category[candidates] == cat,
         1.0,
-        np.where(world.top[candidates] == world.top[world.members[cat][0]], _SIBLING_RELEVANCE, _UNRELATED_RELEVANCE),
+        np.where(
+            world.top[candidates] == world.top[world.members[cat][0]],
+            _SIBLING_RELEVANCE,
+            _UNRELATED_RELEVANCE,
+        ),
     )
     return rel * world.quality[candidates]
 
 
 def simulate_day(
-    world: ClickWorld, cfg: ClickModelConfig, day: dt.date, day_index: int, sessions: int, list_size: int, seed: int
+    world: ClickWorld,
+    cfg: ClickModelConfig,
+    day: dt.date,
+    day_index: int,
+    sessions: int,
+    list_size: int,
+    seed: int,
 ) -> pd.DataFrame:
     """One day's impressions: ``sessions`` query sessions, each a ranked list with clicks."""
     rng = np.random.default_rng([seed, _DAY_STREAM, day_index])
@@ -135,9 +145,17 @@ def simulate_day(
         pool = world.members[world.intent_category[intent]]
         n_off = int(round(cfg.candidates * cfg.off_category_share))
         n_in = min(len(pool), cfg.candidates - n_off)
-        cand = np.unique(np.concatenate([rng.choice(pool, size=n_in, replace=False), rng.integers(0, n, n_off)]))
-        overlap = np.array([sum(t in world.title_tokens[c] for t in q_tokens) for c in cand], dtype=np.float64)
-        score = overlap / max(1, len(q_tokens)) + 0.3 * np.log(world.quality[cand]) + rng.normal(0, 0.25, len(cand))
+        cand = np.unique(
+            np.concatenate([rng.choice(pool, size=n_in, replace=False), rng.integers(0, n, n_off)])
+        )
+        overlap = np.array(
+            [sum(t in world.title_tokens[c] for t in q_tokens) for c in cand], dtype=np.float64
+        )
+        score = (
+            overlap / max(1, len(q_tokens))
+            + 0.3 * np.log(world.quality[cand])
+            + rng.normal(0, 0.25, len(cand))
+        )
         shown = cand[np.argsort(-score, kind="stable")[:list_size]]
         rel = relevance(world, intent, shown)
         for a, v in world.intent_terms[intent]:

@@ -97,7 +97,9 @@ def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
         raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
     missing = [c for c in schema.names if c not in names]
     if missing:
-        raise SchemaError(f"{path}: missing required column(s) {', '.join(missing)} (has: {', '.join(names)})")
+        raise SchemaError(
+            f"{path}: missing required column(s) {', '.join(missing)} (has: {', '.join(names)})"
+        )
     return pq.read_table(path).to_pandas()
 
 
@@ -109,7 +111,9 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = N
     for name in schema.names if schema is not None else []:
         if name in table.column_names:
             idx = table.column_names.index(name)
-            table = table.set_column(idx, schema.field(name), table.column(name).cast(schema.field(name).type))
+            table = table.set_column(
+                idx, schema.field(name), table.column(name).cast(schema.field(name).type)
+            )
     pq.write_table(table, path)
     return path
 

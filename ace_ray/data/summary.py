@@ -58,4 +58,3 @@ def summarize(root: str | Path, test_days: int) -> dict:
 def format_summary(fig: dict) -> str:
     width = max(len(k) for k in fig)
     return "\n".join(f"  {k.replace('_', ' '):<{width}}  {v}" for k, v in fig.items())
-

@@ -133,14 +133,18 @@ def _check_products(root: Path, products: pd.DataFrame, q: _Quarantine, workers:
         else:
             todo.append((r, str(full)))
     chunks = [todo[i : i + _IMAGE_CHUNK] for i in range(0, len(todo), _IMAGE_CHUNK)]
-    results = run_bounded(lambda c: _check_images.remote([p for _, p in c]), chunks, workers, "checking images")
+    results = run_bounded(
+        lambda c: _check_images.remote([p for _, p in c]), chunks, workers, "checking images"
+    )
     for chunk, reasons in zip(chunks, results, strict=True):
         for (r, _), why in zip(chunk, reasons, strict=True):
             if why:
                 q.add([r], why)
 
 
-def _check_impressions(imp: pd.DataFrame, products: pd.DataFrame, product_bad: np.ndarray, q: _Quarantine) -> None:
+def _check_impressions(
+    imp: pd.DataFrame, products: pd.DataFrame, product_bad: np.ndarray, q: _Quarantine
+) -> None:
     days = pd.to_datetime(imp["day"], errors="coerce")
     q.add(np.flatnonzero(days.isna() | (days < _MIN_DAY) | (days >= _MAX_DAY)), "bad date")
     q.add(np.flatnonzero(_blank(imp["session_id"])), "missing session_id")
@@ -151,7 +155,9 @@ def _check_impressions(imp: pd.DataFrame, products: pd.DataFrame, product_bad: n
     known = set(products["product_id"].astype(str))
     pid = imp["product_id"].astype(str)
     q.add(np.flatnonzero(~pid.isin(known) | imp["product_id"].isna()), "unknown product")
-    bad_ids = set(products["product_id"].astype(str)[product_bad]) - set(products["product_id"].astype(str)[~product_bad])
+    bad_ids = set(products["product_id"].astype(str)[product_bad]) - set(
+        products["product_id"].astype(str)[~product_bad]
+    )
     q.add(np.flatnonzero(pid.isin(bad_ids)), "product quarantined")
     rows, firsts = _first_rows(imp, ["session_id", "position"])
     q.add(rows, [f"duplicate impression (session and position first at row {f})" for f in firsts])
@@ -161,7 +167,9 @@ def _summaries(products: pd.DataFrame, imp: pd.DataFrame) -> tuple[list[dict], l
     by_day = (
         imp.assign(day=pd.to_datetime(imp["day"]).dt.date.astype(str))
         .groupby("day")
-        .agg(impressions=("session_id", "size"), sessions=("session_id", "nunique"), clicks=("clicked", "sum"))
+        .agg(
+            impressions=("session_id", "size"), sessions=("session_id", "nunique"), clicks=("clicked", "sum")
+        )
         .reset_index()
     )
     by_day["ctr"] = (by_day["clicks"] / by_day["impressions"]).round(4)
@@ -207,7 +215,9 @@ def load_clean(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Products and impressions without their quarantined rows; the catalogue must have been validated."""
     root = Path(root)
     if not (root / QUARANTINE_FILE).is_file():
-        raise FileNotFoundError(f"{root}: not validated yet (no {QUARANTINE_FILE}); run `ace-ray validate {root}`")
+        raise FileNotFoundError(
+            f"{root}: not validated yet (no {QUARANTINE_FILE}); run `ace-ray validate {root}`"
+        )
     q = read_quarantine(root)
     products, imp = read_products(root), read_impressions(root)
     drop_p = q.loc[q["file"] == PRODUCTS_FILE, "row"].to_numpy()

@@ -29,7 +29,9 @@ def read_any(path: str | Path) -> pd.DataFrame:
     if path.suffix.lower() in (".parquet", ".pq"):
         return pd.read_parquet(path)
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+        return pd.read_csv(
+            path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False
+        )
     raise SchemaError(f"{path}: unsupported file type (use .csv, .tsv or .parquet)")
 
 

@@ -29,10 +29,7 @@ def to_products(styles: pd.DataFrame) -> pd.DataFrame:
     master, sub = clean_attribute(styles["masterCategory"]), clean_attribute(styles["subCategory"])
     article = clean_attribute(styles["articleType"])
     leaf = article.where(article.notna(), sub)
-    path = [
-        "/".join(str(p) for p in parts if p is not None)
-        for parts in zip(master, sub, leaf, strict=True)
-    ]
+    path = ["/".join(str(p) for p in parts if p is not None) for parts in zip(master, sub, leaf, strict=True)]
     return pd.DataFrame(
         {
             "product_id": styles["id"].astype(str).str.strip(),
@@ -51,7 +48,9 @@ def to_products(styles: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def import_fashion_products(src: str | Path, out: str | Path, sim: SynthConfig, clicks: ClickModelConfig) -> Manifest:
+def import_fashion_products(
+    src: str | Path, out: str | Path, sim: SynthConfig, clicks: ClickModelConfig
+) -> Manifest:
     """Import ``src`` (styles.csv + images/) into ``out`` (Ray must be initialised)."""
     src, out = Path(src).resolve(), Path(out).resolve()
     if not (src / STYLES_FILE).is_file():

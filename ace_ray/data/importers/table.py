@@ -30,7 +30,9 @@ def to_products(table: pd.DataFrame, cols: ColumnMap, file: str) -> pd.DataFrame
     wanted += [cols.category_path] if cols.category_path else []
     missing = [c for c in wanted if c not in table.columns]
     if missing:
-        raise SchemaError(f"{file}: no column(s) {', '.join(missing)} (has: {', '.join(map(str, table.columns))})")
+        raise SchemaError(
+            f"{file}: no column(s) {', '.join(missing)} (has: {', '.join(map(str, table.columns))})"
+        )
     category = clean_attribute(table[cols.category])
     products = pd.DataFrame(
         {

@@ -79,9 +79,7 @@ def _make_products_task(shard: int, cfg: SynthConfig, root: str) -> pd.DataFrame
     return make_products(shard, cfg, root)
 
 
-def synthesize(
-    cfg: SynthConfig, clicks: ClickModelConfig, out: str | Path
-) -> dict[str, float]:
+def synthesize(cfg: SynthConfig, clicks: ClickModelConfig, out: str | Path) -> dict[str, float]:
     """Generate the whole catalogue into ``out`` (Ray must be initialised); returns timing figures."""
     if cfg.products < 1 or cfg.days < 1 or cfg.sessions < 1:
         raise ValueError("synth needs at least one product, one day and one session per day")
@@ -90,7 +88,10 @@ def synthesize(
     t0 = time.perf_counter()
     n_shards = -(-cfg.products // cfg.shard_size)
     shards = run_bounded(
-        lambda s: _make_products_task.remote(s, cfg, str(root)), list(range(n_shards)), cfg.workers, "products"
+        lambda s: _make_products_task.remote(s, cfg, str(root)),
+        list(range(n_shards)),
+        cfg.workers,
+        "products",
     )
     truth = pd.concat(shards, ignore_index=True)
     t_products = time.perf_counter() - t0
@@ -118,4 +119,3 @@ def synthesize(
         "seconds_total": t_total,
         "products_per_s": len(products) / t_products,
     }
-

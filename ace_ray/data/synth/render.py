@@ -62,7 +62,9 @@ def _pattern(size: int, colour: np.ndarray, pattern: str, rng: np.random.Generat
             r = max(1, step // 5)
             for k in range(5):
                 a = 2 * np.pi * k / 5
-                cv2.circle(canvas, (int(cx + 2 * r * np.cos(a)), int(cy + 2 * r * np.sin(a))), r, accent.tolist(), -1)
+                cv2.circle(
+                    canvas, (int(cx + 2 * r * np.cos(a)), int(cy + 2 * r * np.sin(a))), r, accent.tolist(), -1
+                )
             cv2.circle(canvas, (int(cx), int(cy)), r, second, -1)
     else:
         raise ValueError(f"unknown pattern {pattern!r}")

@@ -86,7 +86,24 @@ STUFFING = [
     "premium", "original", "limited edition", "bestseller",
 ]  # fmt: skip
 
-_SYLLABLES = ["zar", "vo", "lu", "mi", "ko", "ra", "nel", "tis", "qua", "bel", "dor", "fin", "sa", "ve", "lo", "xi"]
+_SYLLABLES = [
+    "zar",
+    "vo",
+    "lu",
+    "mi",
+    "ko",
+    "ra",
+    "nel",
+    "tis",
+    "qua",
+    "bel",
+    "dor",
+    "fin",
+    "sa",
+    "ve",
+    "lo",
+    "xi",
+]
 
 
 def brand_names(n: int = 120) -> list[str]:
