@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import ray
 
-from ace_ray.config import ClickModelConfig
+from ace_ray.config import ClickModelConfig, SynthConfig
 from ace_ray.data import lexicon
 from ace_ray.data.schema import IMPRESSIONS_SCHEMA
 from ace_ray.runtime import run_bounded
@@ -30,6 +30,7 @@ _INTENT_SIZE_P = np.array([0.15, 0.45, 0.3, 0.1])
 # Relevance of a product from a sibling category / an unrelated one, relative to the right category.
 _SIBLING_RELEVANCE, _UNRELATED_RELEVANCE = 0.08, 0.01
 _MAX_CLICK_P = 0.95
+_RANK_POPULARITY, _RANK_NOISE = 0.3, 0.25
 
 
 @dataclass
@@ -109,19 +110,16 @@ def build_world(
     )
 
 
-def relevance(world: ClickWorld, intent: int, candidates: np.ndarray) -> np.ndarray:
-    """How well products satisfy an intent by their true attributes, in [0, 2)."""
+def relevance(world: ClickWorld, intent: int, shown: np.ndarray, mismatch: float) -> np.ndarray:
+    """How well products satisfy an intent by their *true* category and attributes, in [0, 2)."""
     cat = world.intent_category[intent]
+    same_top = world.top[shown] == world.top[world.members[cat][0]]
     rel = np.where(
-        world.category[candidates] == cat,
-        1.0,
-        np.where(
-            world.top[candidates] == world.top[world.members[cat][0]],
-            _SIBLING_RELEVANCE,
-            _UNRELATED_RELEVANCE,
-        ),
+        world.category[shown] == cat, 1.0, np.where(same_top, _SIBLING_RELEVANCE, _UNRELATED_RELEVANCE)
     )
-    return rel * world.quality[candidates]
+    for a, v in world.intent_terms[intent]:
+        rel = rel * np.where(world.attrs[shown, a] == v, 1.0, mismatch)
+    return rel * world.quality[shown]
 
 
 def simulate_day(
@@ -151,15 +149,14 @@ def simulate_day(
         overlap = np.array(
             [sum(t in world.title_tokens[c] for t in q_tokens) for c in cand], dtype=np.float64
         )
+        # The shop's current engine: share of query words in the title, a popularity prior, noise.
         score = (
             overlap / max(1, len(q_tokens))
-            + 0.3 * np.log(world.quality[cand])
-            + rng.normal(0, 0.25, len(cand))
+            + _RANK_POPULARITY * np.log(world.quality[cand])
+            + rng.normal(0, _RANK_NOISE, len(cand))
         )
         shown = cand[np.argsort(-score, kind="stable")[:list_size]]
-        rel = relevance(world, intent, shown)
-        for a, v in world.intent_terms[intent]:
-            rel = rel * np.where(world.attrs[shown, a] == v, 1.0, cfg.attribute_mismatch)
+        rel = relevance(world, intent, shown, cfg.attribute_mismatch)
         p_click = np.minimum(_MAX_CLICK_P, cfg.base_ctr * rel * examine[: len(shown)])
         clicked = rng.random(len(shown)) < p_click
         sid = f"{day.isoformat()}-{s:06d}"
@@ -181,26 +178,19 @@ def _simulate_day_task(world, cfg, day, day_index, sessions, list_size, seed):
 def simulate_impressions(
     products: pd.DataFrame,
     attribute_columns: list[str],
-    cfg: ClickModelConfig,
-    *,
-    days: int,
-    sessions: int,
-    list_size: int,
-    start_date: str,
-    seed: int,
+    clicks: ClickModelConfig,
+    sim: SynthConfig,
     quality: np.ndarray | None = None,
-    workers: int = 0,
 ) -> pd.DataFrame:
-    """The whole click log, one Ray task per day (Ray must be initialised)."""
-    world = build_world(products, attribute_columns, cfg, seed, quality)
-    world_ref = ray.put(world)
-    start = dt.date.fromisoformat(start_date)
+    """The whole click log (``sim.days`` x ``sim.sessions``), one Ray task per day (Ray must be running)."""
+    world_ref = ray.put(build_world(products, attribute_columns, clicks, sim.seed, quality))
+    start = dt.date.fromisoformat(sim.start_date)
     frames = run_bounded(
         lambda d: _simulate_day_task.remote(
-            world_ref, cfg, start + dt.timedelta(days=d), d, sessions, list_size, seed
+            world_ref, clicks, start + dt.timedelta(days=d), d, sim.sessions, sim.list_size, sim.seed
         ),
-        list(range(days)),
-        workers,
+        list(range(sim.days)),
+        sim.workers,
         desc="click log (days)",
     )
     return pd.concat(frames, ignore_index=True)

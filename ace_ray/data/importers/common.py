@@ -94,17 +94,7 @@ def finish_import(
     """Write the catalogue; with no impressions, simulate them from category + attributes (Ray tasks)."""
     if impressions is None:
         usable = products.dropna(subset=["product_id", "category"]).drop_duplicates("product_id")
-        impressions = clicklog.simulate_impressions(
-            usable,
-            attribute_columns,
-            clicks,
-            days=sim.days,
-            sessions=sim.sessions,
-            list_size=sim.list_size,
-            start_date=sim.start_date,
-            seed=sim.seed,
-            workers=sim.workers,
-        )
+        impressions = clicklog.simulate_impressions(usable, attribute_columns, clicks, sim)
         kind = "simulated"
     else:
         missing = [c for c in IMPRESSIONS_SCHEMA.names if c not in impressions.columns]

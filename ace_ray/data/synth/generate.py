@@ -95,18 +95,7 @@ def synthesize(cfg: SynthConfig, clicks: ClickModelConfig, out: str | Path) -> d
     )
     truth = pd.concat(shards, ignore_index=True)
     t_products = time.perf_counter() - t0
-    impressions = clicklog.simulate_impressions(
-        truth,
-        ATTRIBUTES,
-        clicks,
-        days=cfg.days,
-        sessions=cfg.sessions,
-        list_size=cfg.list_size,
-        start_date=cfg.start_date,
-        seed=cfg.seed,
-        quality=truth["quality"].to_numpy(),
-        workers=cfg.workers,
-    )
+    impressions = clicklog.simulate_impressions(truth, ATTRIBUTES, clicks, cfg, truth["quality"].to_numpy())
     t_total = time.perf_counter() - t0
     manifest = Manifest(source="synth", impressions="simulated", params=vars(cfg) | {"clicks": vars(clicks)})
     products = truth[PRODUCTS_SCHEMA.names]
