@@ -9,7 +9,8 @@ import pytest
 
 from ace_ray.config import ClickModelConfig, RayConfig, SynthConfig, Workload
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# shared/ lies beside the checkout (as in CI); ACE_RAY_SHARED points elsewhere.
+SHARED = Path(os.environ.get("ACE_RAY_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FASHION = SHARED / "data" / "fashion-products"
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
