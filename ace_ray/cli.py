@@ -84,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any row was quarantined")
     _common(p)
 
+    p = sub.add_parser("features", help="image features: RoI patch features (CNN) and pixel patches",
+                       description="Featurise a validated catalogue with Ray Data: decode, edge-detection RoI, "
+                       "RoI patch features from a CNN actor pool (GPUs where present), 32x32 pixel patches, "
+                       "streamed to a versioned feature store (<root>/features/<version>/). Bad images are "
+                       "quarantined with their reason.")  # fmt: skip
+    p.add_argument("root", help="catalogue directory (validated)")
+    p.add_argument("--backbone", help="efficientnet-lite0 (packaged), an HF model id or a local directory")
+    p.add_argument("--whole-image", action="store_true", help="FashionBERT-style grid patches, no RoI")
+    p.add_argument("--out", help="feature store root (default <root>/features)")
+    _common(p)
+
     p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
                        description="Run every stage end to end on the embedded synthetic data.")  # fmt: skip
     _common(p)
@@ -96,13 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     """Flag shorthands first, so explicit key=value overrides win."""
-    flags = {"out": "data.root", "products": "data.synth.products", "days": "data.synth.days",
-             "sessions": "data.synth.sessions", "seed": "data.synth.seed", "workers": "data.synth.workers"}  # fmt: skip
+    flags = {"products": "data.synth.products", "days": "data.synth.days", "sessions": "data.synth.sessions",
+             "seed": "data.synth.seed", "workers": "data.synth.workers", "root": "data.root",
+             "backbone": "data.features.backbone",
+             "out": "data.features.out" if args.command == "features" else "data.root"}  # fmt: skip
     out = [
         f"{key}={getattr(args, name)}" for name, key in flags.items() if getattr(args, name, None) is not None
     ]
-    if getattr(args, "root", None):
-        out.append(f"data.root={args.root}")
+    if getattr(args, "whole_image", False):
+        out.append("data.features.roi=false")
     return out + list(args.overrides)
 
 
@@ -139,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "validate":
         report = jobs.validate_catalogue(workload)
         return 1 if args.strict and not report.ok else 0
+    elif args.command == "features":
+        jobs.features(workload)
     elif args.command == "quickstart":
         jobs.quickstart(workload)
     return 0

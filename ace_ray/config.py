@@ -55,6 +55,42 @@ class ClickModelConfig:
 
 
 @dataclass
+class RoiConfig:
+    """Edge-detection RoI; the defaults suit product photos on plain or textured backgrounds."""
+
+    work_size: int = 256  # detection runs on the image scaled to this longest side
+    blur: int = 5
+    canny_low: int = 30
+    canny_high: int = 80
+    close: int = 7  # closing kernel: joins a product's edges into one contour
+    min_share: float = 0.35  # contours under this share of the largest are clutter, not the product
+    min_box: float = 0.02  # a box under this share of the frame is noise: fall back to the whole image
+    margin: float = 0.0  # grow the box by this share of the frame on each side
+
+
+@dataclass
+class FeaturesConfig:
+    """Image features (``ace-ray features``): RoI patch features from a CNN, and raw pixel patches."""
+
+    backbone: str = "efficientnet-lite0"  # packaged weights, an HF vision model id, or a local directory
+    roi: bool = True  # False: FashionBERT-style grid patches of the whole image
+    grid: int = 4  # patches per side: grid*grid RoI patch features
+    cnn_input: int = 224
+    pixel_size: int = 224
+    pixel_patch: int = 32
+    max_side: int = 2048  # larger images are decoded at a reduced scale
+    min_side: int = 8  # smaller images are quarantined
+    batch_size: int = 32
+    cnn_actors: int = 0  # CNN actor pool size; 0 = one per cnn_cpus of the cluster, less the decode share
+    cnn_cpus: float = 0.75  # fractional: on small machines two single-thread actors beat one two-thread one
+    cnn_gpus: float = 0.0  # per actor; 0 = use a GPU when the cluster has one
+    decode_cpus: float = 0.25
+    write_cpus: float = 0.25
+    out: str | None = None  # feature store root; default <data.root>/features
+    roi_params: RoiConfig = field(default_factory=RoiConfig)
+
+
+@dataclass
 class DataConfig:
     """Where the catalogue lives and how its days are split."""
 
@@ -62,6 +98,7 @@ class DataConfig:
     test_days: int = 2  # the last N days are the test days; training never reads their clicks
     synth: SynthConfig = field(default_factory=SynthConfig)
     clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ace_ray import tracking
 from ace_ray.config import Workload
+from ace_ray.data.features import build_features
 from ace_ray.data.importers.fashion_products import import_fashion_products
 from ace_ray.data.importers.table import ColumnMap, import_table
 from ace_ray.data.schema import MANIFEST_FILE, QUARANTINE_FILE, REPORT_FILE, Manifest
@@ -90,6 +91,25 @@ def validate_catalogue(workload: Workload) -> Report:
     return report
 
 
+def features(workload: Workload) -> dict:
+    """Build the image features of ``data.root`` into its feature store."""
+    ensure_ray(workload.ray)
+    root = workload.path(workload.data.root)
+    cfg = workload.data.features
+    out = workload.path(cfg.out) if cfg.out else None
+    with tracking.start_run(workload, "features", tags={"stage": "features"}):
+        stats = build_features(root, cfg, out)
+        tracking.log_metrics(stats)
+        tracking.log_artifact(Path(stats["store"]) / "stats.json")
+        tracking.log_artifact(Path(stats["store"]) / "manifest.json")
+    print(
+        f"features: {stats['featurised']:,} of {stats['products_in']:,} products featurised, "
+        f"{stats['quarantined']:,} quarantined, {stats['images_per_s']:.1f} images/s "
+        f"({stats['cnn_actors']} CNN actors), store {stats['store']}"
+    )
+    return stats
+
+
 def summary(workload: Workload) -> dict:
     """Print (and record) what the validated catalogue holds for training."""
     root = workload.path(workload.data.root)
@@ -104,7 +124,7 @@ def summary(workload: Workload) -> dict:
 def quickstart(workload: Workload) -> None:
     """Every stage that exists, end to end, on the embedded default data."""
     t0 = time.perf_counter()
-    steps = [("synth", synth), ("validate", validate_catalogue), ("summary", summary)]
+    steps = [("synth", synth), ("validate", validate_catalogue), ("summary", summary), ("features", features)]
     for i, (name, step) in enumerate(steps, 1):
         print(f"\n=== quickstart {i}/{len(steps)}: {name} ===", flush=True)
         step(workload)

@@ -75,11 +75,12 @@ def _clutter(img: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Gen
     """One or two small props (a pen, a coin, a leaf) away from the product."""
     size = img.shape[0]
     x, y, w, h = box
+    gap = size // 16  # props lie apart from the product, as in a styled photo
     for _ in range(int(rng.integers(1, 3))):
         r = int(size * rng.uniform(0.03, 0.06))
         for _try in range(10):
             cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, 2))
-            if cx + r < x - 4 or cx - r > x + w + 4 or cy + r < y - 4 or cy - r > y + h + 4:
+            if cx + r < x - gap or cx - r > x + w + gap or cy + r < y - gap or cy - r > y + h + gap:
                 colour = rng.integers(60, 200, 3).tolist()
                 if rng.random() < 0.5:
                     cv2.circle(img, (cx, cy), r, colour, -1, lineType=cv2.LINE_AA)

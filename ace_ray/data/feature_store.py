@@ -1,0 +1,119 @@
+"""The feature store: a versioned Parquet dataset keyed by product_id, with a manifest.
+
+Layout: ``<store>/<version>/manifest.json``, ``part-*.parquet`` (one row per product: ``status`` is "ok"
+or the reason it was quarantined), ``quarantine.parquet`` and ``stats.json``. The version is a hash of the
+manifest, so features made with another backbone, weights, grid or code never mix with these, and a
+model that expects one manifest refuses to load another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+# Bump when the features a given config produces change (RoI, cropping, pooling, pixel layout).
+FEATURE_CODE_VERSION = 1
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.parquet"
+STATS = "stats.json"
+OK = "ok"
+# Columns of the store: roi is (x, y, w, h) in the decoded image; the arrays are raw little-endian bytes.
+PATCH_DTYPE, PIXEL_DTYPE = np.float16, np.uint8
+
+
+class FeatureMismatch(ValueError):
+    """Features made under another manifest than the one a consumer expects."""
+
+
+@dataclass(frozen=True)
+class FeatureManifest:
+    backbone: str
+    weights_sha256: str
+    roi: bool
+    grid: int
+    feature_dim: int
+    cnn_input: int
+    pixel_size: int
+    pixel_patch: int
+    patch_dtype: str = np.dtype(PATCH_DTYPE).name
+    code_version: int = FEATURE_CODE_VERSION
+
+    @property
+    def version(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def pixel_patches(self) -> int:
+        return (self.pixel_size // self.pixel_patch) ** 2
+
+    @property
+    def pixel_dim(self) -> int:
+        return self.pixel_patch * self.pixel_patch * 3
+
+
+class FeatureStore:
+    """One version of features on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / MANIFEST).is_file():
+            raise FileNotFoundError(f"{self.path}: no feature manifest ({MANIFEST}); run `ace-ray features`")
+        self.manifest = FeatureManifest(**json.loads((self.path / MANIFEST).read_text()))
+
+    @classmethod
+    def create(cls, root: str | Path, manifest: FeatureManifest) -> Path:
+        """The directory for ``manifest``'s version under ``root`` (emptied), with its manifest."""
+        path = Path(root) / manifest.version
+        if path.exists():
+            for f in path.glob("*"):
+                f.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+        return path
+
+    def check(self, expected: FeatureManifest) -> None:
+        """Raise ``FeatureMismatch`` naming every field that differs from ``expected``."""
+        have, want = asdict(self.manifest), asdict(expected)
+        diff = [f"{k}: store has {have[k]!r}, expected {want[k]!r}" for k in want if have.get(k) != want[k]]
+        if diff:
+            raise FeatureMismatch(
+                f"{self.path}: features were made with another manifest; " + "; ".join(diff)
+            )
+
+    def parts(self) -> list[str]:
+        return sorted(str(p) for p in self.path.glob("*.parquet") if p.name != QUARANTINE)
+
+    def read(self, columns: list[str] | None = None, ok_only: bool = True) -> pd.DataFrame:
+        """The store as a DataFrame (small catalogues and tests; pipelines stream ``parts()``)."""
+        cols = None if columns is None else list(dict.fromkeys(["product_id", "status", *columns]))
+        df = pq.ParquetDataset(self.parts()).read(columns=cols).to_pandas()
+        return df[df["status"] == OK].reset_index(drop=True) if ok_only else df
+
+    def patch_features(self, blob: bytes) -> np.ndarray:
+        """One row's RoI patch features as float32 [grid*grid, feature_dim]."""
+        m = self.manifest
+        return np.frombuffer(blob, PATCH_DTYPE).reshape(m.patches, m.feature_dim).astype(np.float32)
+
+    def pixels(self, blob: bytes) -> np.ndarray:
+        """One row's pixel patches as uint8 [n_patches, patch*patch*3]."""
+        m = self.manifest
+        return np.frombuffer(blob, PIXEL_DTYPE).reshape(m.pixel_patches, m.pixel_dim)
+
+
+def latest(root: str | Path) -> FeatureStore:
+    """The most recently written version under ``root``."""
+    versions = sorted(Path(root).glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    if not versions:
+        raise FileNotFoundError(f"{root}: no features yet; run `ace-ray features`")
+    return FeatureStore(versions[-1].parent)
