@@ -55,7 +55,9 @@ def _corrupt(root):
     imp.loc[11, "day"] = "2026-13-45"
     expect["bad date"] = (IMPRESSIONS_FILE, 11)
     imp.loc[12, "day"] = None
-    imp = pd.concat([imp, imp.iloc[[13]]], ignore_index=True)
+    broken = set(products["product_id"].iloc[:7])
+    clean_row = next(i for i in range(13, len(imp)) if imp.loc[i, "product_id"] not in broken)
+    imp = pd.concat([imp, imp.iloc[[clean_row]]], ignore_index=True)
     expect["duplicate impression"] = (IMPRESSIONS_FILE, len(imp) - 1)
     assert good  # the row had a real product before
     products.to_parquet(root / PRODUCTS_FILE)
