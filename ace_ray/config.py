@@ -91,6 +91,27 @@ class FeaturesConfig:
 
 
 @dataclass
+class TextConfig:
+    """Tokenisation: the backbone's tokenizer (the packaged MiniLM one by default) and segment lengths."""
+
+    tokenizer: str = "minilm"  # packaged all-MiniLM-L6-v2, an HF model id, or a local directory
+    max_query: int = 16
+    max_title: int = 32
+    max_hot: int = 48  # all hot queries of a product together
+    hot_k: int = 10
+
+
+@dataclass
+class BatchConfig:
+    """Mini-batches: mixed negative sampling for fine-tuning (paper 4.3) and the pretraining pairs."""
+
+    batch_size: int = 64
+    partitions: int = 100  # P: 1 = batches of one category (hard negatives), large = random batches
+    seed: int = 0
+    negatives_per_positive: int = 3  # pretraining (title, image) pairs: 1 positive : 3 shuffled negatives
+
+
+@dataclass
 class DataConfig:
     """Where the catalogue lives and how its days are split."""
 
@@ -99,6 +120,8 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    batches: BatchConfig = field(default_factory=BatchConfig)
 
 
 @dataclass

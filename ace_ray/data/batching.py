@@ -1,0 +1,172 @@
+"""Mini-batches for fine-tuning (mixed negative sampling, paper 4.3) and pairs for pretraining.
+
+Fine-tuning: the (query, clicked product) pairs of the train days are split at random into P partitions;
+inside a partition they are ordered by category; batches are cut from that order, so a batch holds mostly
+one category (hard in-batch negatives) when P is small and a random mix when P is large. The batch order is
+shuffled every epoch. Each row of the resulting Ray Dataset is one whole batch, so ``streaming_split``
+(what Ray Train's ``get_dataset_shard`` uses) hands each worker whole batches and every pair is seen once
+per epoch across all workers.
+
+Pretraining: every product's (title, own image) is a positive, and ``negatives_per_positive`` (title,
+another product's image) pairs are negatives, labelled for the text-image matching task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+
+from ace_ray.config import BatchConfig, TextConfig
+from ace_ray.data import feature_store as fs
+from ace_ray.data import text
+from ace_ray.data.clicks import train_clicks
+from ace_ray.data.hot_queries import build_hot_queries
+from ace_ray.data.validate import load_clean
+
+# ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
+PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def plan_batches(categories: np.ndarray, partitions: int, batch_size: int, seed: int) -> np.ndarray:
+    """Batch id of every pair: P random partitions, category order inside each, cut every ``batch_size``."""
+    if partitions < 1 or batch_size < 1:
+        raise ValueError(f"partitions ({partitions}) and batch_size ({batch_size}) must be at least 1")
+    rng = np.random.default_rng(seed)
+    n = len(categories)
+    part = rng.integers(0, partitions, n)
+    codes, uniques = pd.factorize(np.asarray(categories))
+    cat_rank = rng.permutation(len(uniques))[codes]  # category order is arbitrary, not alphabetical
+    order = np.lexsort((rng.random(n), cat_rank, part))
+    batch = np.empty(n, np.int64)
+    batch[order] = np.arange(n) // batch_size
+    return batch
+
+
+def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 patches [..., patch*patch*3] (RGB, channel last) -> float32 normalised like ImageNet."""
+    x = pixels.astype(np.float32).reshape(*pixels.shape[:-1], -1, 3) / 255.0
+    return ((x - PIXEL_MEAN) / PIXEL_STD).reshape(pixels.shape)
+
+
+def finetune_pairs(root: str | Path, test_days: int) -> pd.DataFrame:
+    """(pair_id, query, product_id, category) for every usable train-day click."""
+    products, _ = load_clean(root)
+    clicks = train_clicks(root, test_days).to_pandas()
+    pairs = clicks.merge(products[["product_id", "category"]], on="product_id", how="inner")
+    pairs = pairs.sort_values(["day", "session_id", "product_id"], kind="stable").reset_index(drop=True)
+    return pairs.assign(pair_id=np.arange(len(pairs)))[["pair_id", "query", "product_id", "category"]]
+
+
+def _assemble(group: pd.DataFrame, store: fs.FeatureManifest, cfg: TextConfig) -> pd.DataFrame:
+    """One batch's rows -> one row of stacked arrays (tokens, RoI patch features, pixel patches)."""
+    g = group.sort_values("pair_id")
+    m = store
+    q = text.encode(g["query"].tolist(), cfg.max_query, cfg.tokenizer)
+    t = text.encode(g["title"].tolist(), cfg.max_title, cfg.tokenizer)
+    h = text.encode([text.join_hot_queries(x) for x in g["hot_queries"]], cfg.max_hot, cfg.tokenizer)
+    patches = np.stack([np.frombuffer(b, fs.PATCH_DTYPE) for b in g["patch_features"]])
+    pixels = np.stack([np.frombuffer(b, fs.PIXEL_DTYPE) for b in g["pixels"]])
+    row = {
+        "batch_id": int(g["batch_id"].iloc[0]),
+        "pair_id": g["pair_id"].to_numpy(),
+        "product_id": g["product_id"].astype(str).tolist(),
+        "category": g["category"].astype(str).tolist(),
+        "query_ids": q["input_ids"], "query_mask": q["attention_mask"],
+        "title_ids": t["input_ids"], "title_mask": t["attention_mask"],
+        "hot_ids": h["input_ids"], "hot_mask": h["attention_mask"],
+        "patches": patches.reshape(len(g), m.patches, m.feature_dim),
+        "pixels": pixels.reshape(len(g), m.pixel_patches, m.pixel_dim),
+    }  # fmt: skip
+    return pd.DataFrame([row])
+
+
+def build_finetune_batches(
+    root: str | Path,
+    store: fs.FeatureStore,
+    test_days: int,
+    batches: BatchConfig,
+    text_cfg: TextConfig,
+    out: str | Path,
+) -> dict:
+    """Plan the batches, join pairs with features and hot queries, and write one row per batch to ``out``.
+
+    The join is done once; every epoch then streams the written batches (see ``finetune_dataset``).
+    """
+    root = Path(root).resolve()
+    products, _ = load_clean(root)
+    pairs = finetune_pairs(root, test_days)
+    pairs["batch_id"] = plan_batches(pairs["category"].to_numpy(), batches.partitions, batches.batch_size,
+                                     batches.seed)  # fmt: skip
+    pairs = pairs.merge(products[["product_id", "title"]], on="product_id")
+    feats = ray.data.read_parquet(store.parts(), columns=["product_id", "status", "patch_features", "pixels"])
+    feats = feats.filter(lambda r: r["status"] == fs.OK).drop_columns(["status"])
+    hot = build_hot_queries(root, test_days, text_cfg.hot_k).drop_columns(["hot_clicks"])
+    n_parts = max(1, min(16, len(pairs) // 2000))
+    manifest = store.manifest
+    out = Path(out)
+    if out.exists():
+        for f in out.glob("*"):
+            f.unlink()
+    (
+        ray.data.from_pandas(pairs)
+        .join(feats, join_type="inner", num_partitions=n_parts, on=("product_id",))
+        .join(hot, join_type="left_outer", num_partitions=n_parts, on=("product_id",))
+        .groupby("batch_id")
+        .map_groups(lambda g: _assemble(g, manifest, text_cfg), batch_format="pandas")
+        # One batch per file, so shuffling the files shuffles the batch order exactly.
+        .write_parquet(str(out), max_rows_per_file=1)
+    )
+    featurised = set(store.read(columns=[])["product_id"])
+    return {"pairs": len(pairs), "pairs_with_features": int(pairs["product_id"].isin(featurised).sum()),
+            "batches": int(pairs["batch_id"].max() + 1) if len(pairs) else 0}  # fmt: skip
+
+
+def finetune_dataset(batch_dir: str | Path) -> ray.data.Dataset:
+    """The fine-tune stream: one row (one whole batch) per block, in a new random order on every pass."""
+    # Blocks are what streaming_split deals out: one batch per block lets every worker get its share.
+    return ray.data.read_parquet(str(batch_dir), shuffle="files").repartition(target_num_rows_per_block=1)
+
+
+def pretrain_pairs(product_ids: np.ndarray, negatives: int, seed: int) -> pd.DataFrame:
+    """(product_id of the title, image_product_id, label): each product once with its own image (1) and
+    ``negatives`` times with another product's image (0)."""
+    n = len(product_ids)
+    if n < 2 and negatives:
+        raise ValueError("negative pairs need at least two products")
+    rng = np.random.default_rng(seed)
+    rows = [pd.DataFrame({"product_id": product_ids, "image_product_id": product_ids, "label": 1})]
+    for _ in range(negatives):
+        # A random other product for each title: shift a random permutation, never onto itself.
+        shift = rng.integers(1, n, n)
+        rows.append(pd.DataFrame({"product_id": product_ids, "image_product_id": product_ids[(np.arange(n) + shift) % n],
+                                  "label": 0}))  # fmt: skip
+    pairs = pd.concat(rows, ignore_index=True)
+    return pairs.iloc[rng.permutation(len(pairs))].reset_index(drop=True)
+
+
+def pretrain_dataset(
+    root: str | Path, store: fs.FeatureStore, batches: BatchConfig, text_cfg: TextConfig
+) -> ray.data.Dataset:
+    """The pretraining stream: rows of (title tokens, image features of the title's or another product, label)."""
+    products, _ = load_clean(root)
+    ok = store.read(columns=[])["product_id"].to_numpy()
+    pairs = pretrain_pairs(ok, batches.negatives_per_positive, batches.seed)
+    pairs = pairs.merge(products[["product_id", "title"]], on="product_id")
+    feats = ray.data.read_parquet(store.parts(), columns=["product_id", "status", "patch_features", "pixels"])
+    feats = feats.filter(lambda r: r["status"] == fs.OK).drop_columns(["status"])
+    feats = feats.rename_columns({"product_id": "image_product_id"})
+    n_parts = max(1, min(16, len(pairs) // 4000))
+    joined = ray.data.from_pandas(pairs).join(feats, join_type="inner", num_partitions=n_parts,
+                                              on=("image_product_id",))  # fmt: skip
+
+    def tokenize(batch: pd.DataFrame) -> pd.DataFrame:
+        t = text.encode(batch["title"].tolist(), text_cfg.max_title, text_cfg.tokenizer)
+        return batch.drop(columns=["title"]).assign(
+            title_ids=list(t["input_ids"]), title_mask=list(t["attention_mask"])
+        )
+
+    return joined.map_batches(tokenize, batch_format="pandas").random_shuffle()
