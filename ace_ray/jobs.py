@@ -11,6 +11,7 @@ from pathlib import Path
 from ace_ray import tracking
 from ace_ray.config import Workload
 from ace_ray.data.features import build_features
+from ace_ray.data.hot_queries import read_hot_queries, write_hot_queries
 from ace_ray.data.importers.fashion_products import import_fashion_products
 from ace_ray.data.importers.table import ColumnMap, import_table
 from ace_ray.data.schema import MANIFEST_FILE, QUARANTINE_FILE, REPORT_FILE, Manifest
@@ -99,13 +100,16 @@ def features(workload: Workload) -> dict:
     out = workload.path(cfg.out) if cfg.out else None
     with tracking.start_run(workload, "features", tags={"stage": "features"}):
         stats = build_features(root, cfg, out)
+        hot = write_hot_queries(root, workload.data.test_days, workload.data.text.hot_k)
+        stats["products_with_hot_queries"] = len(read_hot_queries(root))
         tracking.log_metrics(stats)
         tracking.log_artifact(Path(stats["store"]) / "stats.json")
         tracking.log_artifact(Path(stats["store"]) / "manifest.json")
     print(
         f"features: {stats['featurised']:,} of {stats['products_in']:,} products featurised, "
         f"{stats['quarantined']:,} quarantined, {stats['images_per_s']:.1f} images/s "
-        f"({stats['cnn_actors']} CNN actors), store {stats['store']}"
+        f"({stats['cnn_actors']} CNN actors), store {stats['store']}\n"
+        f"hot queries (train days only) for {stats['products_with_hot_queries']:,} products in {hot}"
     )
     return stats
 

@@ -10,7 +10,7 @@ from ace_ray.cli import main
 from ace_ray.data.schema import QUARANTINE_FILE, read_products
 
 HELP = [[], ["synth"], ["import"], ["import", "fashion-products"], ["import", "table"], ["validate"],
-        ["quickstart"], ["config"]]  # fmt: skip
+        ["features"], ["quickstart"], ["config"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("words", HELP, ids=lambda w: " ".join(w) or "top")
@@ -64,3 +64,19 @@ def test_synth_then_validate_record_mlflow_runs(tmp_path, ray_session, capsys):
 def test_missing_catalogue_is_a_clear_error(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nowhere")]) == 2
     assert "products.parquet: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_features_command_builds_store_and_hot_queries(tmp_path, ray_session, capsys):
+    out = tmp_path / "shop"
+    assert main(["synth", "--out", str(out), "--products", "20", "--days", "3", "--sessions", "30",
+                 f"workspace={tmp_path}", "data.synth.shard_size=10"]) == 0  # fmt: skip
+    assert main(["validate", str(out)]) == 0
+    small = ["data.features.cnn_input=64", "data.features.grid=2", "data.test_days=1"]
+    assert main(["features", str(out), f"workspace={tmp_path}", *small]) == 0
+    text = capsys.readouterr().out
+    assert "20 of 20 products featurised, 0 quarantined" in text
+    assert (out / "hot_queries").is_dir()
+    run = [r for r in _runs() if r.info.run_name == "features"][0]
+    assert run.data.metrics["featurised"] == 20 and run.data.metrics["images_per_s"] > 0
+    assert run.data.params["data.features.grid"] == "2"
