@@ -14,6 +14,8 @@ EPILOG = """examples:
   ace-ray synth --out data/shop --products 5000
   ace-ray import fashion-products --src ../shared/data/fashion-products --out data/fp
   ace-ray validate data/shop
+  ace-ray features data/shop
+  ace-ray pretrain --workload workloads/quickstart.yaml pretrain.train.lr=1e-4
   ace-ray quickstart --workload workloads/quickstart.yaml data.synth.products=500
 Without RAY_ADDRESS a local Ray listening on 127.0.0.1 is started; with it, the command joins that cluster."""
 
@@ -95,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="feature store root (default <root>/features)")
     _common(p)
 
+    p = sub.add_parser("pretrain", help="pretrain CE-BERT (MLM, masked patches, text-image match) on Ray Train",
+                       description="Pretrain CE-BERT on the catalogue's features with Ray Train: N workers (GPUs "
+                       "with NCCL and bf16 where present), 1 positive : 3 negative (title, image) pairs, AdamW "
+                       "with warm-up, checkpoints to ray.storage_path, restarts after worker failures. Settings "
+                       "are under model.* and pretrain.* (see `ace-ray config`).")  # fmt: skip
+    p.add_argument("--root", help="catalogue directory with features (data.root)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (pretrain.train.workers)")
+    p.add_argument("--resume", metavar="RUN", help="resume this Ray Train run from its latest checkpoint")
+    _common(p)
+
     p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
                        description="Run every stage end to end on the embedded synthetic data.")  # fmt: skip
     _common(p)
@@ -108,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> list[str]:
     """Flag shorthands first, so explicit key=value overrides win."""
     flags = {"products": "data.synth.products", "days": "data.synth.days", "sessions": "data.synth.sessions",
-             "seed": "data.synth.seed", "workers": "data.synth.workers", "root": "data.root",
+             "seed": "data.synth.seed", "root": "data.root",
+             "workers": "pretrain.train.workers" if args.command == "pretrain" else "data.synth.workers",
              "backbone": "data.features.backbone",
              "out": "data.features.out" if args.command == "features" else "data.root"}  # fmt: skip
     out = [
@@ -154,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         return 1 if args.strict and not report.ok else 0
     elif args.command == "features":
         jobs.features(workload)
+    elif args.command == "pretrain":
+        jobs.pretrain(workload, args.resume)
     elif args.command == "quickstart":
         jobs.quickstart(workload)
     return 0

@@ -125,6 +125,58 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The CE-BERT encoder: a HF BERT fed through ``inputs_embeds`` with image segments added."""
+
+    init: str = "minilm"  # packaged MiniLM, an HF BERT directory or hub id, or "random"
+    layers: int = 4  # keep the first N transformer layers of ``init`` (0 = all)
+    size: str = "tiny"  # init=random only: tiny | small | base (see ace_ray.model.encoder.SIZES)
+    patches: bool = True  # RoI (or grid) patch features segment
+    pixels: bool = True  # raw pixel patches segment
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train: workers, optimiser, schedule, checkpoints, fault tolerance."""
+
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool | None = None  # None = when the cluster has GPUs (then one per worker, NCCL, bf16)
+    torch_threads: int = 0  # 0 = cpus_per_worker rounded up
+    epochs: int = 1
+    max_steps: int = 0  # optimiser steps; 0 = as many as the epochs give
+    batch_size: int = 32  # examples per worker per micro-batch
+    grad_accum: int = 1
+    lr: float = 2e-5
+    warmup_steps: int = 10000
+    weight_decay: float = 0.01
+    clip: float = 1.0  # max gradient norm; 0 = off
+    checkpoint_every: int = 100  # optimiser steps
+    keep_checkpoints: int = 2  # the K best by loss; the latest is always kept too
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    log_every: int = 10
+    seed: int = 0
+    bf16: bool = True  # autocast on GPU
+
+
+@dataclass
+class PretrainConfig:
+    """CE-BERT pretraining (paper 2.2): MLM + masked patch modelling (KL) + text-image match."""
+
+    mlm_prob: float = 0.15
+    mpm_prob: float = 0.15
+    mlm_weight: float = 1.0
+    mpm_weight: float = 1.0
+    tip_weight: float = 1.0
+    adaptive: bool = False  # FashionBERT's adaptive loss weights instead of the fixed ones
+    holdout: float = 0.1  # share of products kept out of training for the held-out metrics
+    max_holdout: int = 256  # cap on held-out products (evaluated on rank 0)
+    eval_every: int = 0  # optimiser steps between held-out evaluations; 0 = at the start and the end
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
 class RayConfig:
     """Joining a cluster (``address`` or ``RAY_ADDRESS``) or starting a local Ray."""
 
@@ -148,6 +200,8 @@ class Workload:
     name: str = "default"
     workspace: str = "."  # relative paths below (data.root, ray.storage_path, mlruns) resolve against it
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

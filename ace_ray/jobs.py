@@ -114,6 +114,18 @@ def features(workload: Workload) -> dict:
     return stats
 
 
+def pretrain(workload: Workload, run_name: str | None = None) -> dict:
+    """Pretrain CE-BERT (MLM + MPM + TIP) on Ray Train; ``run_name`` resumes an interrupted run."""
+    from ace_ray.train.pretrain import run_pretrain
+
+    res = run_pretrain(workload, run_name)
+    held = " ".join(f"{k} {v:.3f}" for k, v in res.get("heldout", {}).items())
+    print(f"pretrain: {res['step']} steps ({res['steps_repeated']} repeated after failures), held-out {held}\n"
+          f"model {res['model_dir']}\nRay Train run {res['ray_run_name']}; resume it with "
+          f"`ace-ray pretrain --resume {res['ray_run_name']}`")  # fmt: skip
+    return res
+
+
 def summary(workload: Workload) -> dict:
     """Print (and record) what the validated catalogue holds for training."""
     root = workload.path(workload.data.root)
@@ -128,7 +140,8 @@ def summary(workload: Workload) -> dict:
 def quickstart(workload: Workload) -> None:
     """Every stage that exists, end to end, on the embedded default data."""
     t0 = time.perf_counter()
-    steps = [("synth", synth), ("validate", validate_catalogue), ("summary", summary), ("features", features)]
+    steps = [("synth", synth), ("validate", validate_catalogue), ("summary", summary), ("features", features),
+             ("pretrain", pretrain)]  # fmt: skip
     for i, (name, step) in enumerate(steps, 1):
         print(f"\n=== quickstart {i}/{len(steps)}: {name} ===", flush=True)
         step(workload)

@@ -40,16 +40,22 @@ def _experiment_id(mlflow: Any, workload: Workload) -> str:
 
 
 @contextlib.contextmanager
-def start_run(workload: Workload, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """An MLflow run with the whole effective config as params and as an artefact; prints its id."""
+def start_run(workload: Workload, run_name: str, tags: dict[str, str] | None = None,
+              run_id: str | None = None) -> Iterator[Any]:  # fmt: skip
+    """An MLflow run with the whole effective config as params and as an artefact; prints its id.
+
+    With ``run_id``, that run is continued (a resumed training run) instead of a new one started.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(workload))
     exp_id = _experiment_id(mlflow, workload)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
-        params = {k: str(v)[:_PARAM_MAX] for k, v in flatten(to_dict(workload)).items()}
-        mlflow.log_params(params)
-        mlflow.log_text(dump_config(workload), "workload.yaml")
+    with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name,
+                          tags=tags) as run:  # fmt: skip
+        if run_id is None:
+            params = {k: str(v)[:_PARAM_MAX] for k, v in flatten(to_dict(workload)).items()}
+            mlflow.log_params(params)
+            mlflow.log_text(dump_config(workload), "workload.yaml")
         yield run
         print(f"MLflow run {run.info.run_id} ({run_name}) in {mlflow.get_tracking_uri()}")
 
@@ -69,3 +75,23 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_artifacts(path: str | Path, artifact_path: str | None = None) -> None:
+    """Attach a directory to the active run."""
+    import mlflow
+
+    mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+
+
+def find_run(workload: Workload, tag: str, value: str) -> str | None:
+    """The id of the latest run in the workload's experiment with ``tags.<tag> = value``, if any."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(workload))
+    exp = mlflow.get_experiment_by_name(workload.tracking.experiment)
+    if exp is None:
+        return None
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.{tag} = '{value}'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")  # fmt: skip
+    return runs[0].info.run_id if runs else None

@@ -2,7 +2,7 @@
 against the bare CNN forward loop in one process on the same images and cores; and the peak memory of the
 whole Ray job (driver + every Ray process) at two catalogue sizes.
 
-    python benchmarks/feature_throughput.py [--products 600] [--memory-sizes 2000 20000]
+    python benchmarks/feature_throughput.py [--sizes 2000 20000] [--bare-images 600]
 
 Prints the figures and appends them, with the machine, to benchmarks/results/feature_throughput.md.
 """
@@ -74,9 +74,10 @@ def make_catalogue(n: int, root: Path) -> Path:
     return root
 
 
-def bare_cnn(root: Path, cfg: FeaturesConfig, threads: int) -> float:
-    """Images/s of the CNN alone: pre-cut crops, one process, ``threads`` torch threads."""
-    products = read_products(root)
+def bare_cnn(root: Path, cfg: FeaturesConfig, threads: int, limit: int) -> float:
+    """Images/s of the CNN alone: pre-cut crops of the first ``limit`` images, one process, ``threads``
+    torch threads."""
+    products = read_products(root).head(limit)
     crops = [
         np.frombuffer(prepare_one(root.resolve(), rel, cfg)["image"], np.uint8)
         for rel in products["image_path"]
@@ -93,42 +94,31 @@ def bare_cnn(root: Path, cfg: FeaturesConfig, threads: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--products", type=int, default=600, help="images for the throughput comparison")
-    ap.add_argument("--memory-sizes", type=int, nargs="*", default=[2000, 20000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000], help="catalogue sizes (products)")
+    ap.add_argument("--bare-images", type=int, default=600, help="images for the bare CNN loop")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     ensure_ray(RayConfig())
     cfg = FeaturesConfig()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = make_catalogue(args.products, Path(tmp) / "shop")
-        build_features(root, cfg, Path(tmp) / "warm")  # actor start-up and caches are not throughput
-        stats = build_features(root, cfg, Path(tmp) / "features")
-        bare = bare_cnn(root, cfg, cores)
-    ratio = stats["images_per_s"] / bare
-    print(f"pipeline: {stats['images_per_s']:.1f} images/s ({stats['cnn_actors']} CNN actors); "
-          f"bare CNN loop ({cores} threads): {bare:.1f} images/s; ratio {ratio:.2f}")  # fmt: skip
-    rows.append([f"throughput, {args.products} images", f"{stats['images_per_s']:.1f}", f"{bare:.1f}",
-                 f"{ratio:.2f}", ""])  # fmt: skip
-    for n in args.memory_sizes:
+    rows, bare = [], None
+    for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             root = make_catalogue(n, Path(tmp) / "shop")
+            if bare is None:
+                bare = bare_cnn(root, cfg, cores, args.bare_images)
             with PeakMemory() as mem:
                 s = build_features(root, cfg, Path(tmp) / "features")
-        print(
-            f"{n} products: peak memory of the Ray job {mem.peak / 2**30:.2f} GiB, {s['images_per_s']:.1f} images/s"
-        )
-        rows.append([f"memory, {n} products", f"{s['images_per_s']:.1f}", "", "", f"{mem.peak / 2**30:.2f}"])
+        ratio = s["images_per_s"] / bare
+        print(f"{n} products: pipeline {s['images_per_s']:.1f} images/s ({s['cnn_actors']} CNN actors, start-up "
+              f"included), bare CNN loop ({cores} threads) {bare:.1f} images/s, ratio {ratio:.2f}; peak memory "
+              f"of the Ray job {mem.peak / 2**30:.2f} GiB")  # fmt: skip
+        rows.append([f"{n:,} products", f"{s['images_per_s']:.1f}", f"{bare:.1f}", f"{ratio:.2f}",
+                     f"{mem.peak / 2**30:.2f}"])  # fmt: skip
     if not args.no_record:
         cmd = "python benchmarks/feature_throughput.py " + " ".join(sys.argv[1:])
-        header = [
-            "run",
-            "pipeline images/s",
-            "bare CNN images/s",
-            "pipeline / bare",
-            "peak RSS of the Ray job (GiB)",
-        ]
+        header = ["catalogue", "pipeline images/s", "bare CNN images/s", "pipeline / bare",
+                  "peak RSS of the Ray job (GiB)"]  # fmt: skip
         record(str(RESULTS), f"feature pipeline ({cfg.backbone}, {cfg.cnn_input}px, grid {cfg.grid})", header, rows,
                cmd.strip())  # fmt: skip
         print(f"recorded in {RESULTS}")

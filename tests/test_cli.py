@@ -10,7 +10,7 @@ from ace_ray.cli import main
 from ace_ray.data.schema import QUARANTINE_FILE, read_products
 
 HELP = [[], ["synth"], ["import"], ["import", "fashion-products"], ["import", "table"], ["validate"],
-        ["features"], ["quickstart"], ["config"]]  # fmt: skip
+        ["features"], ["pretrain"], ["quickstart"], ["config"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("words", HELP, ids=lambda w: " ".join(w) or "top")

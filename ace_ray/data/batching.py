@@ -1,4 +1,4 @@
-"""Mini-batches for fine-tuning (mixed negative sampling, paper 4.3) and pairs for pretraining.
+"""Mini-batches for fine-tuning (mixed negative sampling, paper 4.3).
 
 Fine-tuning: the (query, clicked product) pairs of the train days are split at random into P partitions;
 inside a partition they are ordered by category; batches are cut from that order, so a batch holds mostly
@@ -7,8 +7,7 @@ shuffled every epoch. Each row of the resulting Ray Dataset is one whole batch, 
 (what Ray Train's ``get_dataset_shard`` uses) hands each worker whole batches and every pair is seen once
 per epoch across all workers.
 
-Pretraining: every product's (title, own image) is a positive, and ``negatives_per_positive`` (title,
-another product's image) pairs are negatives, labelled for the text-image matching task.
+The pretraining stream is in ``pretrain_set``.
 """
 
 from __future__ import annotations
@@ -129,44 +128,3 @@ def finetune_dataset(batch_dir: str | Path) -> ray.data.Dataset:
     """The fine-tune stream: one row (one whole batch) per block, in a new random order on every pass."""
     # Blocks are what streaming_split deals out: one batch per block lets every worker get its share.
     return ray.data.read_parquet(str(batch_dir), shuffle="files").repartition(target_num_rows_per_block=1)
-
-
-def pretrain_pairs(product_ids: np.ndarray, negatives: int, seed: int) -> pd.DataFrame:
-    """(product_id of the title, image_product_id, label): each product once with its own image (1) and
-    ``negatives`` times with another product's image (0)."""
-    n = len(product_ids)
-    if n < 2 and negatives:
-        raise ValueError("negative pairs need at least two products")
-    rng = np.random.default_rng(seed)
-    rows = [pd.DataFrame({"product_id": product_ids, "image_product_id": product_ids, "label": 1})]
-    for _ in range(negatives):
-        # A random other product for each title: shift a random permutation, never onto itself.
-        shift = rng.integers(1, n, n)
-        rows.append(pd.DataFrame({"product_id": product_ids, "image_product_id": product_ids[(np.arange(n) + shift) % n],
-                                  "label": 0}))  # fmt: skip
-    pairs = pd.concat(rows, ignore_index=True)
-    return pairs.iloc[rng.permutation(len(pairs))].reset_index(drop=True)
-
-
-def pretrain_dataset(
-    root: str | Path, store: fs.FeatureStore, batches: BatchConfig, text_cfg: TextConfig
-) -> ray.data.Dataset:
-    """The pretraining stream: rows of (title tokens, image features of the title's or another product, label)."""
-    products, _ = load_clean(root)
-    ok = store.read(columns=[])["product_id"].to_numpy()
-    pairs = pretrain_pairs(ok, batches.negatives_per_positive, batches.seed)
-    pairs = pairs.merge(products[["product_id", "title"]], on="product_id")
-    feats = ray.data.read_parquet(store.parts(), columns=["product_id", "status", "patch_features", "pixels"])
-    feats = feats.filter(lambda r: r["status"] == fs.OK).drop_columns(["status"])
-    feats = feats.rename_columns({"product_id": "image_product_id"})
-    n_parts = max(1, min(16, len(pairs) // 4000))
-    joined = ray.data.from_pandas(pairs).join(feats, join_type="inner", num_partitions=n_parts,
-                                              on=("image_product_id",))  # fmt: skip
-
-    def tokenize(batch: pd.DataFrame) -> pd.DataFrame:
-        t = text.encode(batch["title"].tolist(), text_cfg.max_title, text_cfg.tokenizer)
-        return batch.drop(columns=["title"]).assign(
-            title_ids=list(t["input_ids"]), title_mask=list(t["attention_mask"])
-        )
-
-    return joined.map_batches(tokenize, batch_format="pandas").random_shuffle()

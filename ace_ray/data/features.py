@@ -124,6 +124,9 @@ def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None
             batch_format="pandas",
             batch_size=64,
             num_cpus=cfg.decode_cpus,
+            # One decode task at a time outruns the CNN; more would take the CPU share the writer needs,
+            # and unwritten results would then pile up in memory.
+            compute=ray.data.TaskPoolStrategy(size=1),
         )  # fmt: skip
         .map_batches(
             CnnFeaturizer,
@@ -135,7 +138,6 @@ def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None
             num_gpus=gpus,
         )
     )
-    # The writer gets its own CPU share: were it to wait for the CNN actors, results would pile up in memory.
     ds.write_parquet(str(store), ray_remote_args={"num_cpus": cfg.write_cpus})
     seconds = time.perf_counter() - t0
     status = fs.FeatureStore(store).read(columns=["roi_found"], ok_only=False)

@@ -1,4 +1,4 @@
-"""Mixed negative sampling, whole batches per worker, the pretraining pairs, and no test-day leaks."""
+"""Mixed negative sampling, whole batches per worker, the pretraining set and pairs, and no test-day leaks."""
 
 import threading
 
@@ -14,11 +14,10 @@ from ace_ray.data.batching import (
     finetune_pairs,
     normalise_pixels,
     plan_batches,
-    pretrain_dataset,
-    pretrain_pairs,
 )
 from ace_ray.data.features import build_features
 from ace_ray.data.hot_queries import build_hot_queries
+from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, pretrain_dataset, read_holdout
 from ace_ray.data.schema import IMPRESSIONS_FILE, read_impressions
 from ace_ray.data.synth.generate import synthesize
 from ace_ray.data.validate import validate
@@ -57,13 +56,13 @@ def test_plan_covers_every_pair_once_in_full_batches():
 
 
 def test_pretrain_pairs_one_positive_three_negatives():
-    ids = np.array([f"p{i}" for i in range(50)])
-    pairs = pretrain_pairs(ids, 3, seed=0)
-    assert len(pairs) == 200 and pairs["label"].mean() == 0.25
-    pos, neg = pairs[pairs["label"] == 1], pairs[pairs["label"] == 0]
-    assert (pos["product_id"] == pos["image_product_id"]).all()
-    assert (neg["product_id"] != neg["image_product_id"]).all()
-    assert (pairs.groupby("product_id").size() == 4).all()
+    titles, images, label = pair_in_batch(50, 3, np.random.default_rng(0))
+    assert len(label) == 200 and label.mean() == 0.25
+    assert (titles[label == 1] == images[label == 1]).all()
+    assert (titles[label == 0] != images[label == 0]).all()  # a negative never shows the title's own image
+    assert (np.bincount(titles) == 4).all() and (np.bincount(images[label == 1]) == 1).all()
+    with pytest.raises(ValueError, match="two products"):
+        pair_in_batch(1, 3, np.random.default_rng(0))
 
 
 def test_pixel_normalisation_matches_a_naive_loop():
@@ -145,12 +144,14 @@ def test_every_pair_once_per_epoch_across_workers(featurised, tmp_path):
 
 
 @pytest.mark.ray
-def test_pretrain_stream_is_labelled_one_to_three(featurised):
+def test_pretrain_set_holds_every_featurised_product_once_with_a_stable_holdout(featurised):
     root, store = featurised
-    rows = pretrain_dataset(root, store, BatchConfig(), TextConfig()).to_pandas()
-    assert len(rows) == 4 * len(store.read(columns=[]))
-    assert rows["label"].mean() == pytest.approx(0.25)
-    assert (
-        rows.loc[rows["label"] == 1, "product_id"] == rows.loc[rows["label"] == 1, "image_product_id"]
-    ).all()
-    assert len(rows.loc[0, "title_ids"]) == 32
+    path = build_pretrain_set(root, store, TextConfig(), holdout=0.2, seed=0)
+    train = pretrain_dataset(path).to_pandas()
+    held = read_holdout(path, limit=10_000)
+    ok = set(store.read(columns=[])["product_id"])
+    assert set(train["product_id"]) | set(held["product_id"]) == ok
+    assert not set(train["product_id"]) & set(held["product_id"]) and len(train) + len(held) == len(ok)
+    assert 0.1 < len(held) / len(ok) < 0.3
+    assert len(train.loc[0, "title_ids"]) == 32
+    assert build_pretrain_set(root, store, TextConfig(), holdout=0.2, seed=0) == path  # reused, not rebuilt

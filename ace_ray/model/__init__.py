@@ -1,0 +1,1 @@
+"""CE-BERT / ACE-BERT: the multimodal encoder, its pretraining heads and losses."""

@@ -1,0 +1,126 @@
+"""What every training worker needs: threads and device, the optimiser and its warm-up schedule,
+per-batch seeding, throughput/ETA progress lines and rank-0 MLflow logging."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import zlib
+
+import torch
+
+from ace_ray.config import TrainConfig
+
+
+def device_for(use_gpu: bool) -> torch.device:
+    if use_gpu and torch.cuda.is_available():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def set_threads(cfg: TrainConfig) -> None:
+    """Fractional-CPU Ray workers get OMP_NUM_THREADS=1: set torch's threads from the config instead."""
+    torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
+
+
+def seed_for(*parts: int) -> int:
+    """A 31-bit seed from integers (seed, rank, epoch, batch, ...): every batch's randomness (masks, pairs,
+    dropout) is a function of where it is in the run, so a resumed run draws what the unbroken one would."""
+    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def optimizer_and_schedule(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
+    """AdamW (no decay on biases and norms) with linear warm-up then linear decay to 0 at ``total_steps``."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)  # fmt: skip
+    warmup = min(cfg.warmup_steps, max(1, total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def no_sync(model: torch.nn.Module, sync: bool):
+    """DDP's no_sync for gradient accumulation micro-steps (a no-op for a single worker)."""
+    return contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
+
+
+def autocast(device: torch.device, bf16: bool):
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fmt_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+class Meter:
+    """Running means of step metrics plus samples/s and ETA over the window since the last line."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.total, self.t0, self.start = total_steps, time.perf_counter(), start_step
+        self.window_t, self.window_samples = time.perf_counter(), 0
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, metrics: dict[str, float], samples: int) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.n += 1
+        self.window_samples += samples
+
+    def flush(self) -> dict[str, float]:
+        """Means since the last flush, with samples_per_s."""
+        now = time.perf_counter()
+        out = {k: v / max(1, self.n) for k, v in self.sums.items()}
+        out["samples_per_s"] = self.window_samples / max(1e-9, now - self.window_t)
+        self.sums, self.n, self.window_t, self.window_samples = {}, 0, now, 0
+        return out
+
+    def eta(self, step: int) -> str:
+        done = step - self.start
+        rate = done / max(1e-9, time.perf_counter() - self.t0)
+        return fmt_eta((self.total - step) / rate) if rate > 0 else "?"
+
+
+class RunLog:
+    """MLflow logging from rank 0 through a client (no global active run inside a Ray worker)."""
+
+    def __init__(self, uri: str | None, run_id: str | None, enabled: bool):
+        self.enabled = enabled and bool(uri and run_id)
+        if self.enabled:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(uri), run_id
+
+    def metrics(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(prefix + k, float(v), ts, step) for k, v in values.items() if math.isfinite(float(v))]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def last_step(self, key: str) -> int:
+        """The highest step logged for ``key`` (-1 if none): how far a failed attempt got."""
+        if not self.enabled:
+            return -1
+        hist = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in hist), default=-1)
