@@ -86,6 +86,7 @@ class FeaturesConfig:
     cnn_gpus: float = 0.0  # per actor; 0 = use a GPU when the cluster has one
     decode_cpus: float = 0.25
     write_cpus: float = 0.25
+    inflight_mb: int = 1024  # Ray object store the pipeline may fill; memory stays flat with catalogue size
     out: str | None = None  # feature store root; default <data.root>/features
     roi_params: RoiConfig = field(default_factory=RoiConfig)
 
@@ -141,7 +142,8 @@ class TrainConfig:
     """Ray Train: workers, optimiser, schedule, checkpoints, fault tolerance."""
 
     workers: int = 2
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # lowered to fit when workers * this would leave data_cpus no room
+    data_cpus: float = 1.0  # CPUs kept free for the Ray Data stream feeding the workers (its reads take 1)
     use_gpu: bool | None = None  # None = when the cluster has GPUs (then one per worker, NCCL, bf16)
     torch_threads: int = 0  # 0 = cpus_per_worker rounded up
     epochs: int = 1

@@ -36,19 +36,20 @@ RESULTS = Path(__file__).resolve().parent / "results" / "feature_throughput.md"
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process and every Ray process on the machine."""
+    """Samples the summed PSS of this process and every Ray process on the machine (PSS, not RSS: the
+    object store is shared memory, and RSS would count it once for every process that maps it)."""
 
     def __init__(self, every: float = 0.5):
         self.every, self.peak, self._stop = every, 0, threading.Event()
 
     def _total(self) -> int:
-        total = psutil.Process().memory_info().rss
+        total = psutil.Process().memory_full_info().pss
         for p in psutil.process_iter(["name", "cmdline"]):
             try:
                 cmd = " ".join(p.info["cmdline"] or [])
                 if p.pid != os.getpid() and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd
                                               or (p.info["name"] or "").startswith("ray::")):  # fmt: skip
-                    total += p.memory_info().rss
+                    total += p.memory_full_info().pss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         return total
@@ -118,7 +119,7 @@ def main() -> None:
     if not args.no_record:
         cmd = "python benchmarks/feature_throughput.py " + " ".join(sys.argv[1:])
         header = ["catalogue", "pipeline images/s", "bare CNN images/s", "pipeline / bare",
-                  "peak RSS of the Ray job (GiB)"]  # fmt: skip
+                  "peak PSS of the Ray job (GiB)"]  # fmt: skip
         record(str(RESULTS), f"feature pipeline ({cfg.backbone}, {cfg.cnn_input}px, grid {cfg.grid})", header, rows,
                cmd.strip())  # fmt: skip
         print(f"recorded in {RESULTS}")

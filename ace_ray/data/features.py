@@ -138,6 +138,9 @@ def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None
             num_gpus=gpus,
         )
     )
+    # A fixed cap on results in flight keeps memory flat whatever the catalogue size.
+    limits = ds.context.execution_options.resource_limits
+    ds.context.execution_options.resource_limits = limits.copy(object_store_memory=cfg.inflight_mb * 2**20)
     ds.write_parquet(str(store), ray_remote_args={"num_cpus": cfg.write_cpus})
     seconds = time.perf_counter() - t0
     status = fs.FeatureStore(store).read(columns=["roi_found"], ok_only=False)
