@@ -142,8 +142,7 @@ class TrainConfig:
     """Ray Train: workers, optimiser, schedule, checkpoints, fault tolerance."""
 
     workers: int = 2
-    cpus_per_worker: float = 1.0  # lowered to fit when workers * this would leave data_cpus no room
-    data_cpus: float = 1.0  # CPUs kept free for the Ray Data stream feeding the workers (its reads take 1)
+    cpus_per_worker: float = 1.0  # leave the Ray Data stream CPUs too, or it waits forever (ray.num_cpus)
     use_gpu: bool | None = None  # None = when the cluster has GPUs (then one per worker, NCCL, bf16)
     torch_threads: int = 0  # 0 = cpus_per_worker rounded up
     epochs: int = 1
