@@ -67,8 +67,6 @@ def _assemble(group: pd.DataFrame, store: fs.FeatureManifest, cfg: TextConfig) -
     q = text.encode(g["query"].tolist(), cfg.max_query, cfg.tokenizer)
     t = text.encode(g["title"].tolist(), cfg.max_title, cfg.tokenizer)
     h = text.encode([text.join_hot_queries(x) for x in g["hot_queries"]], cfg.max_hot, cfg.tokenizer)
-    patches = np.stack([np.frombuffer(b, fs.PATCH_DTYPE) for b in g["patch_features"]])
-    pixels = np.stack([np.frombuffer(b, fs.PIXEL_DTYPE) for b in g["pixels"]])
     row = {
         "batch_id": int(g["batch_id"].iloc[0]),
         "pair_id": g["pair_id"].to_numpy(),
@@ -77,8 +75,8 @@ def _assemble(group: pd.DataFrame, store: fs.FeatureManifest, cfg: TextConfig) -
         "query_ids": q["input_ids"], "query_mask": q["attention_mask"],
         "title_ids": t["input_ids"], "title_mask": t["attention_mask"],
         "hot_ids": h["input_ids"], "hot_mask": h["attention_mask"],
-        "patches": patches.reshape(len(g), m.patches, m.feature_dim),
-        "pixels": pixels.reshape(len(g), m.pixel_patches, m.pixel_dim),
+        "patches": m.stack_patches(g["patch_features"]),
+        "pixels": m.stack_pixels(g["pixels"]),
     }  # fmt: skip
     return pd.DataFrame([row])
 

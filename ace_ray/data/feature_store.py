@@ -61,6 +61,18 @@ class FeatureManifest:
     def pixel_dim(self) -> int:
         return self.pixel_patch * self.pixel_patch * 3
 
+    def stack_patches(self, blobs) -> np.ndarray:
+        """Rows' patch-feature bytes -> [n, grid*grid, feature_dim] in the store's dtype."""
+        return np.stack([np.frombuffer(b, PATCH_DTYPE) for b in blobs]).reshape(
+            -1, self.patches, self.feature_dim
+        )
+
+    def stack_pixels(self, blobs) -> np.ndarray:
+        """Rows' pixel-patch bytes -> uint8 [n, n_patches, patch*patch*3]."""
+        return np.stack([np.frombuffer(b, PIXEL_DTYPE) for b in blobs]).reshape(
+            -1, self.pixel_patches, self.pixel_dim
+        )
+
 
 class FeatureStore:
     """One version of features on disk."""
@@ -102,13 +114,11 @@ class FeatureStore:
 
     def patch_features(self, blob: bytes) -> np.ndarray:
         """One row's RoI patch features as float32 [grid*grid, feature_dim]."""
-        m = self.manifest
-        return np.frombuffer(blob, PATCH_DTYPE).reshape(m.patches, m.feature_dim).astype(np.float32)
+        return self.manifest.stack_patches([blob])[0].astype(np.float32)
 
     def pixels(self, blob: bytes) -> np.ndarray:
         """One row's pixel patches as uint8 [n_patches, patch*patch*3]."""
-        m = self.manifest
-        return np.frombuffer(blob, PIXEL_DTYPE).reshape(m.pixel_patches, m.pixel_dim)
+        return self.manifest.stack_pixels([blob])[0]
 
 
 def latest(root: str | Path) -> FeatureStore:

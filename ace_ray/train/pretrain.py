@@ -66,13 +66,11 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload, seed: int) 
     ids, mlm_labels = mask_tokens(ids, attn, w.pretrain.mlm_prob, tok.mask_token_id, len(tok), special, gen)
     batch = {"title_ids": ids, "title_mask": attn, "mlm_labels": mlm_labels, "label": torch.from_numpy(label)}
     if w.model.patches:
-        p = np.stack([np.frombuffer(b, fs.PATCH_DTYPE) for b in raw["patch_features"]]).astype(np.float32)
-        p = torch.from_numpy(p.reshape(n, manifest.patches, manifest.feature_dim))[ii]
+        p = torch.from_numpy(manifest.stack_patches(raw["patch_features"]).astype(np.float32))[ii]
         batch["patches"], batch["patch_masked"] = mask_patches(p, w.pretrain.mpm_prob, gen)
         batch["patch_target"] = p
     if w.model.pixels:
-        x = np.stack([np.frombuffer(b, fs.PIXEL_DTYPE) for b in raw["pixels"]])
-        x = normalise_pixels(x.reshape(n, manifest.pixel_patches, manifest.pixel_dim))
+        x = normalise_pixels(manifest.stack_pixels(raw["pixels"]))
         batch["pixels"] = torch.from_numpy(x)[ii]
     return batch
 
