@@ -7,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ace_ray.config import ConfigError, Workload, dump_config, load_workload
+from ace_ray.config import ConfigError, Workload, dump_config
 from ace_ray.data.schema import SchemaError
+from ace_ray.model.presets import load_with_preset
 
 EPILOG = """examples:
   ace-ray synth --out data/shop --products 5000
@@ -16,6 +17,7 @@ EPILOG = """examples:
   ace-ray validate data/shop
   ace-ray features data/shop
   ace-ray pretrain --workload workloads/quickstart.yaml pretrain.train.lr=1e-4
+  ace-ray finetune --workload workloads/quickstart.yaml --preset acebert --init runs/<pretrain run>/.../model
   ace-ray quickstart --workload workloads/quickstart.yaml data.synth.products=500
 Without RAY_ADDRESS a local Ray listening on 127.0.0.1 is started; with it, the command joins that cluster."""
 
@@ -107,12 +109,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="resume this Ray Train run from its latest checkpoint")
     _common(p)
 
+    p = sub.add_parser("finetune", help="fine-tune the two towers (ACE-BERT and the paper's variants) on Ray Train",
+                       description="Fine-tune shared-weight query and product towers on the train days' clicks: "
+                       "bidirectional softmax over in-batch negatives on category-partitioned batches, hot "
+                       "queries and adversarial learning by preset. Settings are under finetune.* .")  # fmt: skip
+    p.add_argument("--preset", help="twinbert | fashionbert | cebert | acebert | patch | roi_patch | "
+                   "roi_patch_pixel | none | hot_query | adversarial (finetune.preset)")  # fmt: skip
+    p.add_argument("--init", help="pretrained model directory to start from (finetune.init_from)")
+    p.add_argument("--root", help="catalogue directory with features (data.root)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (finetune.train.workers)")
+    p.add_argument("--resume", metavar="RUN", help="resume this Ray Train run from its latest checkpoint")
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="GAUC, Recall@K (exact and FAISS), MRR, nDCG vs the baselines",
+                       description="Evaluate a fine-tuned model on the test days against a random embedding, BM25 "
+                       "over titles and zero-shot MiniLM: GAUC over the test sessions, Recall@10/50/100, MRR and "
+                       "nDCG@10 over the whole catalogue (exact search and the ANN index), with breakdowns by "
+                       "category, query band and cold products. Settings are under eval.* .")  # fmt: skip
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run", metavar="RUN_ID", help="MLflow run whose model artefact to evaluate")
+    src.add_argument("--model", metavar="DIR", help="fine-tuned model directory")
+    p.add_argument("--root", help="catalogue directory with features (data.root)")
+    _common(p)
+
+    p = sub.add_parser("distill", help="distil the query tower into fewer layers (paper 4.7)",
+                       description="Train a student query tower with the first finetune.distill.layers layers of a "
+                       "fine-tuned model against its query embeddings; report the recall lost (student queries "
+                       "against the teacher's product embeddings) and the encode time saved.")  # fmt: skip
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="RUN_ID", help="MLflow run whose model artefact is the teacher")
+    src.add_argument("--model", metavar="DIR", help="fine-tuned model directory (the teacher)")
+    p.add_argument("--root", help="catalogue directory with features (data.root)")
+    _common(p)
+
+    p = sub.add_parser("reproduce", help="the paper's tables (1, 3, 4) with several seeds, as a Markdown report",
+                       description="Pretrain, fine-tune and evaluate every row of the paper's Tables 1, 3 and 4 "
+                       "(presets) with every seed in reproduce.seeds, plus the baselines; write a report with "
+                       "mean and spread per cell, the matching-loss curves with and without adversarial learning "
+                       "(Fig. 6) and embedding maps (Fig. 7). Settings are under reproduce.* .")  # fmt: skip
+    p.add_argument("--data", dest="root", help="catalogue directory, validated (data.root)")
+    _common(p)
+
     p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
                        description="Run every stage end to end on the embedded synthetic data.")  # fmt: skip
     _common(p)
 
     p = sub.add_parser("config", help="print the effective workload config",
-                       description="Print the workload after overrides, as it would be saved with a run.")  # fmt: skip
+                       description="Print the workload after the preset and overrides, as it would be saved with a "
+                       "run.")  # fmt: skip
+    p.add_argument("--preset", help="apply this fine-tuning preset (finetune.preset)")
     _common(p)
     return parser
 
@@ -121,7 +166,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     """Flag shorthands first, so explicit key=value overrides win."""
     flags = {"products": "data.synth.products", "days": "data.synth.days", "sessions": "data.synth.sessions",
              "seed": "data.synth.seed", "root": "data.root",
-             "workers": "pretrain.train.workers" if args.command == "pretrain" else "data.synth.workers",
+             "workers": {"pretrain": "pretrain.train.workers",
+                         "finetune": "finetune.train.workers"}.get(args.command, "data.synth.workers"),
+             "init": "finetune.init_from",
              "backbone": "data.features.backbone",
              "out": "data.features.out" if args.command == "features" else "data.root"}  # fmt: skip
     out = [
@@ -134,7 +181,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _absolute_paths(args: argparse.Namespace) -> None:
     # Paths given on the command line are relative to where the user is, not to the workspace.
-    for name in ("out", "root"):
+    for name in ("out", "root", "init", "model"):
         if getattr(args, name, None):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
 
@@ -143,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from ace_ray import jobs
 
     _absolute_paths(args)
-    workload: Workload = load_workload(args.workload, _overrides(args))
+    workload: Workload = load_with_preset(args.workload, _overrides(args), getattr(args, "preset", None))
     if args.command == "config":
         print(dump_config(workload), end="")
     elif args.command == "synth":
@@ -169,6 +216,16 @@ def run(args: argparse.Namespace) -> int:
         jobs.features(workload)
     elif args.command == "pretrain":
         jobs.pretrain(workload, args.resume)
+    elif args.command == "finetune":
+        jobs.finetune(workload, args.resume)
+    elif args.command == "evaluate":
+        jobs.evaluate(workload, args.model, args.run)
+    elif args.command == "distill":
+        jobs.distill(workload, args.model, args.run)
+    elif args.command == "reproduce":
+        from ace_ray.eval.reproduce import reproduce
+
+        reproduce(workload)
     elif args.command == "quickstart":
         jobs.quickstart(workload)
     return 0

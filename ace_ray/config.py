@@ -178,11 +178,79 @@ class PretrainConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """The domain classifier D on the embeddings (paper 3.3, eq. 6-8) and how the minimax game is played."""
+
+    mode: str = "none"  # none | alternating (k encoder steps with D frozen, then D steps) | grl
+    weight: float = 0.1  # lambda: the encoder minimises L_main - lambda * L_adv
+    encoder_steps: int = 5  # k
+    disc_steps: int = 1
+    disc_lr: float = 1e-3
+    disc_hidden: int = 128
+
+
+@dataclass
+class DistillConfig:
+    """Query-tower distillation (paper 4.7): a student with fewer layers learns the teacher's query embeddings."""
+
+    layers: int = 2
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 256
+
+
+@dataclass
+class FinetuneConfig:
+    """Two-tower fine-tuning (paper 3): a preset names the variant (see ``ace_ray.model.presets``)."""
+
+    preset: str = "acebert"
+    init_from: str | None = None  # a pretrained model directory; None = a fresh encoder from ``model``
+    hot_queries: bool = True  # the product tower also reads the product's hot queries
+    embed_dim: int = 128
+    pooling: str = "mean"  # mean (over every unpadded position) | cls
+    gamma: float = 20.0  # softmax scale of the cosine similarity (eq. 4)
+    mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Offline evaluation (paper 4.2): GAUC on the test days' sessions, Recall@K over the whole catalogue."""
+
+    ks: list[int] = field(default_factory=lambda: [10, 50, 100])
+    index: str = "hnsw"  # the ANN index the service would use: hnsw | ivf (compared against exact search)
+    hnsw_m: int = 32
+    ef_search: int = 128
+    baselines: list[str] = field(default_factory=lambda: ["random", "bm25", "minilm"])
+    batch_size: int = 128  # products per embedding batch
+    embed_actors: int = 0  # Ray Data actors embedding the catalogue; 0 = one per 2 cluster CPUs
+    map_points: int = 2000  # points per side in the 2-D embedding map
+
+
+@dataclass
+class ReproduceConfig:
+    """``ace-ray reproduce``: the paper's tables, each row a preset, fine-tuned with several seeds."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tables: dict[str, list[str]] = field(default_factory=lambda: {
+        "Table 1: compared models": ["twinbert", "fashionbert", "cebert", "acebert"],
+        "Table 3: image input": ["patch", "roi_patch", "roi_patch_pixel"],
+        "Table 4: fine-tuning additions": ["none", "hot_query", "adversarial"],
+    })  # fmt: skip
+    out: str = "reports"  # report directory, under the workspace
+
+
+@dataclass
 class RayConfig:
     """Joining a cluster (``address`` or ``RAY_ADDRESS``) or starting a local Ray."""
 
     address: str | None = None
-    num_cpus: int | None = None  # local Ray only; None = all cores
+    num_cpus: int | None = None  # local Ray only; None = all cores, but at least min_cpus
+    # Logical CPUs a local Ray gets at least: on a 2-core machine two 1-CPU Train workers would otherwise
+    # leave the Ray Data stream a budget of 0 CPUs, and the run would wait forever.
+    min_cpus: int = 4
     storage_path: str = "runs"  # Ray Train/Tune results; a shared path or URI on a cluster
 
 
@@ -203,6 +271,9 @@ class Workload:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

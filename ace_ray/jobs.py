@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ace_ray import tracking
 from ace_ray.config import Workload
+from ace_ray.data import feature_store as fs
 from ace_ray.data.features import build_features
 from ace_ray.data.hot_queries import read_hot_queries, write_hot_queries
 from ace_ray.data.importers.fashion_products import import_fashion_products
@@ -126,6 +127,92 @@ def pretrain(workload: Workload, run_name: str | None = None) -> dict:
     return res
 
 
+def finetune(workload: Workload, run_name: str | None = None) -> dict:
+    """Fine-tune the two towers (the workload's preset) on Ray Train; ``run_name`` resumes a run."""
+    from ace_ray.train.finetune import run_finetune
+
+    res = run_finetune(workload, run_name)
+    print(f"finetune ({workload.finetune.preset}): {res['step']} steps ({res['steps_repeated']} repeated after "
+          f"failures), final matching loss {res['loss']:.3f}, {res['samples_per_s']:.1f} pairs/s\n"
+          f"model {res['model_dir']}\nMLflow run {res['run_id']}; Ray Train run {res['ray_run_name']}")  # fmt: skip
+    return res
+
+
+def evaluate(workload: Workload, model_dir: str | Path | None = None, run_id: str | None = None) -> dict:
+    """Evaluate a fine-tuned model (a directory, or the model of MLflow run ``run_id``) against the
+    baselines on the test days; print the table, write the report, record the run."""
+    import tempfile
+
+    from ace_ray.eval.evaluate import run_evaluation, summary_table
+
+    ensure_ray(workload.ray)
+    root = workload.path(workload.data.root)
+    out = workload.path(workload.ray.storage_path) / "eval" / time.strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory() as tmp:
+        if run_id:
+            model_dir = tracking.download_model(workload, run_id, tmp)
+        tags = {"stage": "evaluate", "model_run_id": run_id or "", "model_dir": str(model_dir or "")}
+        with tracking.start_run(workload, "evaluate", tags=tags):
+            res = run_evaluation(model_dir, root, fs.for_workload(workload), workload.data.test_days,
+                                 workload.eval, out, name=workload.finetune.preset if model_dir else "model")  # fmt: skip
+            flat = {f"{m}/{k.replace('@', '_at_')}": v for m, d in res.items() if not m.startswith("_")
+                    for k, v in d.items()}  # fmt: skip
+            tracking.log_metrics({**flat, **res["_counts"]})
+            tracking.log_artifacts(out, "evaluation")
+    print(f"\nevaluation on the last {workload.data.test_days} day(s) "
+          f"({res['_counts']['test_queries']:,} queries, {res['_counts']['catalogue']:,} products):\n"
+          f"{summary_table(res)}\nreport {out / 'report.md'}")  # fmt: skip
+    return res
+
+
+def distill(workload: Workload, model_dir: str | Path | None = None, run_id: str | None = None) -> dict:
+    """Distil the query tower of a fine-tuned model (a directory or MLflow run ``run_id``) into fewer
+    layers; report the recall it loses (student queries against the teacher's product embeddings) and
+    the encode time it saves."""
+    import copy
+    import tempfile
+
+    from ace_ray.eval.data import load_eval_data
+    from ace_ray.eval.embed import TowerRetriever
+    from ace_ray.eval.evaluate import evaluate_method
+    from ace_ray.eval.report import metrics_table
+    from ace_ray.model.towers import load_towers
+    from ace_ray.train.distill import distill as run_distill
+
+    ensure_ray(workload.ray)
+    root, cfg = workload.path(workload.data.root), workload.finetune.distill
+    store = fs.for_workload(workload)
+    with tempfile.TemporaryDirectory() as tmp:
+        if run_id:
+            model_dir = tracking.download_model(workload, run_id, tmp)
+        out = workload.path(workload.ray.storage_path) / "distill" / time.strftime("%Y%m%d-%H%M%S") / "model"
+        with tracking.start_run(workload, "distill", tags={"stage": "distill", "model_run_id": run_id or ""}):
+            fig = run_distill(
+                model_dir, root, workload.data.test_days, cfg, out, workload.finetune.train.seed
+            )
+            data = load_eval_data(root, store, workload.data.test_days)
+            teacher = TowerRetriever(model_dir, store, root, workload.eval, name="teacher")
+            ks = list(workload.eval.ks)
+            res = {"teacher": evaluate_method(teacher, data, ks)["metrics"]}
+            # The student searches the teacher's product embeddings: only the query side changes.
+            student = copy.copy(teacher)
+            student.towers, student.name = load_towers(out)[0], f"student ({cfg.layers} layers)"
+            res["student"] = evaluate_method(student, data, ks, fit=False)["metrics"]
+            res["teacher"]["ms_per_query"] = fig["teacher_ms_per_query"]
+            res["student"]["ms_per_query"] = fig["student_ms_per_query"]
+            k = f"recall@{max(ks)}"
+            fig.update(recall_lost=res["teacher"][k] - res["student"][k],
+                       speedup=fig["teacher_ms_per_query"] / fig["student_ms_per_query"])  # fmt: skip
+            tracking.log_metrics({**{f"{m}/{key.replace('@', '_at_')}": v for m, d in res.items()
+                                     for key, v in d.items()}, **fig})  # fmt: skip
+            tracking.log_artifacts(out, "model")
+    table = metrics_table([{"method": n, **m} for n, m in res.items()], ["gauc", *[f"recall@{k}" for k in ks],
+                                                                          "ms_per_query"])  # fmt: skip
+    print(f"\ndistilled query tower ({cfg.layers} layers) on {fig['queries']:,} train-day queries:\n{table}\n"
+          f"{k} lost: {fig['recall_lost']:.4f}; query encoding {fig['speedup']:.2f}x faster\nmodel {out}")  # fmt: skip
+    return {**res, **fig, "model_dir": str(out)}
+
+
 def summary(workload: Workload) -> dict:
     """Print (and record) what the validated catalogue holds for training."""
     root = workload.path(workload.data.root)
@@ -138,13 +225,24 @@ def summary(workload: Workload) -> dict:
 
 
 def quickstart(workload: Workload) -> None:
-    """Every stage that exists, end to end, on the embedded default data."""
+    """Every stage, end to end, on the embedded default data: the pretrained model starts the fine-tuning,
+    and the fine-tuned one is evaluated against the baselines."""
     t0 = time.perf_counter()
+
+    state: dict = {}
     steps = [("synth", synth), ("validate", validate_catalogue), ("summary", summary), ("features", features),
-             ("pretrain", pretrain)]  # fmt: skip
+             ("pretrain", lambda w: state.update(pretrained=pretrain(w)["model_dir"])),
+             ("finetune", lambda w: state.update(model=finetune(_init_from(w, state["pretrained"]))["model_dir"])),
+             ("evaluate", lambda w: evaluate(w, state["model"]))]  # fmt: skip
     for i, (name, step) in enumerate(steps, 1):
         print(f"\n=== quickstart {i}/{len(steps)}: {name} ===", flush=True)
         step(workload)
     print(
         f"\nquickstart finished in {time.perf_counter() - t0:.1f} s; runs in {tracking.tracking_uri(workload)}"
     )
+
+
+def _init_from(workload: Workload, model_dir: str) -> Workload:
+    import dataclasses
+
+    return dataclasses.replace(workload, finetune=dataclasses.replace(workload.finetune, init_from=model_dir))

@@ -41,7 +41,8 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(address="local", num_cpus=cfg.num_cpus, log_to_driver=True)
+    num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, cfg.min_cpus)
+    ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
 
 
 def cluster_cpus() -> int:

@@ -95,3 +95,17 @@ def find_run(workload: Workload, tag: str, value: str) -> str | None:
     runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.{tag} = '{value}'",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")  # fmt: skip
     return runs[0].info.run_id if runs else None
+
+
+def download_model(workload: Workload, run_id: str, dst: str | Path) -> Path:
+    """The ``model`` artefact of run ``run_id`` (a model directory), copied under ``dst``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(workload))
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(dst))
+    except Exception as exc:  # MLflow raises several types for an unknown run or a missing artefact
+        raise FileNotFoundError(
+            f"MLflow run {run_id}: no model artefact in {tracking_uri(workload)} ({exc})"
+        ) from exc
+    return Path(path)

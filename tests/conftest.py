@@ -51,3 +51,41 @@ def shop(tmp_path_factory, ray_session) -> Path:
     root = tmp_path_factory.mktemp("shop") / "shop"
     synthesize(SynthConfig(products=1500, days=6, sessions=800, shard_size=250), ClickModelConfig(), root)
     return root
+
+
+@pytest.fixture(scope="session")
+def featurised_shop(tmp_path_factory, ray_session):
+    """A small validated shop with features and hot queries, and a workload on it (1 test day, a tiny
+    random model); (workload, root, feature store). Do not modify."""
+    from ace_ray.config import FeaturesConfig, load_workload
+    from ace_ray.data import feature_store as fs
+    from ace_ray.data.features import build_features
+    from ace_ray.data.hot_queries import write_hot_queries
+    from ace_ray.data.synth.generate import synthesize
+    from ace_ray.data.validate import validate
+
+    tmp = tmp_path_factory.mktemp("featurised")
+    root = tmp / "shop"
+    w0 = small_workload(root, products=300, days=4, sessions=200)
+    synthesize(w0.data.synth, w0.data.clicks, root)
+    validate(root)
+    build_features(root, FeaturesConfig(cnn_input=64, grid=2, batch_size=32))
+    write_hot_queries(root, test_days=1)
+    w = load_workload(None, [f"workspace={tmp}", f"data.root={root}", "data.test_days=1", "model.init=random",
+                             "model.size=tiny", "model.layers=2"])  # fmt: skip
+    return w, root, fs.for_workload(w)
+
+
+def random_towers(w, store, out: Path):
+    """Randomly initialised (seed 0) towers for ``w``'s model, saved to ``out``; (towers, out)."""
+    import dataclasses
+
+    import torch
+
+    from ace_ray.model.towers import build_towers, save_towers
+
+    torch.manual_seed(0)
+    towers = build_towers(w, store.manifest.feature_dim, store.manifest.pixel_dim).eval()
+    save_towers(towers, out, w.data.text.tokenizer, {"feature_manifest": dataclasses.asdict(store.manifest),
+                                                     "preset": "acebert", "text": dataclasses.asdict(w.data.text)})  # fmt: skip
+    return towers, out

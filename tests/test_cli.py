@@ -10,7 +10,7 @@ from ace_ray.cli import main
 from ace_ray.data.schema import QUARANTINE_FILE, read_products
 
 HELP = [[], ["synth"], ["import"], ["import", "fashion-products"], ["import", "table"], ["validate"],
-        ["features"], ["pretrain"], ["quickstart"], ["config"]]  # fmt: skip
+        ["features"], ["pretrain"], ["finetune"], ["evaluate"], ["distill"], ["reproduce"], ["quickstart"], ["config"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("words", HELP, ids=lambda w: " ".join(w) or "top")
@@ -31,6 +31,22 @@ def test_config_shows_effective_workload(capsys):
 def test_config_errors_exit_2_naming_the_key(capsys):
     assert main(["config", "data.synth.prodcts=7"]) == 2
     assert "unknown key 'data.synth.prodcts'" in capsys.readouterr().err
+
+
+def test_presets_apply_beneath_user_overrides(capsys):
+    assert main(["config", "--preset", "twinbert", "finetune.hot_queries=true"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (
+        cfg["finetune"]["preset"] == "twinbert" and not cfg["model"]["patches"] and not cfg["model"]["pixels"]
+    )
+    assert cfg["finetune"]["hot_queries"]  # the user's override wins over the preset's
+    assert main(["config", "finetune.preset=fashionbert"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert not cfg["data"]["features"]["roi"] and cfg["pretrain"]["adaptive"] and not cfg["model"]["pixels"]
+    assert main(["config", "--preset", "acebert"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["finetune"]["adversarial"]["mode"] == "alternating"
+    assert main(["config", "--preset", "acebrt"]) == 2
+    assert "unknown preset 'acebrt'" in capsys.readouterr().err
 
 
 def _runs():

@@ -12,6 +12,9 @@ The pretraining stream is in ``pretrain_set``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,8 @@ from ace_ray.data.clicks import train_clicks
 from ace_ray.data.hot_queries import build_hot_queries
 from ace_ray.data.validate import load_clean
 
+BATCHES_DIR = "finetune_batches"
+DONE = "_done.json"
 # ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
 PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -122,7 +127,24 @@ def build_finetune_batches(
             "batches": int(pairs["batch_id"].max() + 1) if len(pairs) else 0}  # fmt: skip
 
 
-def finetune_dataset(batch_dir: str | Path) -> ray.data.Dataset:
-    """The fine-tune stream: one row (one whole batch) per block, in a new random order on every pass."""
+def finetune_dataset(batch_dir: str | Path, columns: list[str] | None = None) -> ray.data.Dataset:
+    """The fine-tune stream: one row (one whole batch) per block, in a new random order on every pass;
+    only ``columns`` (a text-only model need not read the image arrays)."""
     # Blocks are what streaming_split deals out: one batch per block lets every worker get its share.
-    return ray.data.read_parquet(str(batch_dir), shuffle="files").repartition(target_num_rows_per_block=1)
+    ds = ray.data.read_parquet(str(batch_dir), shuffle="files", file_extensions=["parquet"], columns=columns)
+    return ds.repartition(target_num_rows_per_block=1)
+
+
+def cached_finetune_batches(
+    root: str | Path, store: fs.FeatureStore, test_days: int, batches: BatchConfig, text_cfg: TextConfig
+) -> tuple[Path, dict]:
+    """``build_finetune_batches`` into ``<root>/finetune_batches/<key>/``, reused while the features, the
+    batching and the text settings are the same; (directory, its counts)."""
+    blob = json.dumps([store.manifest.version, test_days, dataclasses.asdict(batches),
+                       dataclasses.asdict(text_cfg)], sort_keys=True)  # fmt: skip
+    out = Path(root).resolve() / BATCHES_DIR / hashlib.sha256(blob.encode()).hexdigest()[:12]
+    if (out / DONE).is_file():
+        return out, json.loads((out / DONE).read_text())
+    stats = build_finetune_batches(root, store, test_days, batches, text_cfg, out)
+    (out / DONE).write_text(json.dumps(stats))
+    return out, stats

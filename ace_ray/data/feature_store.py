@@ -121,9 +121,22 @@ class FeatureStore:
         return self.manifest.stack_pixels([blob])[0]
 
 
-def latest(root: str | Path) -> FeatureStore:
-    """The most recently written version under ``root``."""
+def latest(root: str | Path, roi: bool | None = None) -> FeatureStore:
+    """The most recently written version under ``root`` (with RoI or whole-image patches, when ``roi`` is
+    given: presets such as FashionBERT need whole-image grid patches)."""
     versions = sorted(Path(root).glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
-    if not versions:
-        raise FileNotFoundError(f"{root}: no features yet; run `ace-ray features`")
-    return FeatureStore(versions[-1].parent)
+    stores = [FeatureStore(v.parent) for v in versions]
+    if roi is not None:
+        stores = [s for s in stores if s.manifest.roi == roi]
+    if not stores:
+        kind = {None: "", True: "RoI ", False: "whole-image "}[roi]
+        hint = " --whole-image" if roi is False else ""
+        raise FileNotFoundError(f"{root}: no {kind}features yet; run `ace-ray features{hint}`")
+    return stores[-1]
+
+
+def for_workload(w) -> FeatureStore:
+    """The feature store a workload trains on: the latest under ``data.features.out`` (default
+    ``<data.root>/features``) made with the workload's ``data.features.roi``."""
+    root = w.path(w.data.features.out) if w.data.features.out else w.path(w.data.root) / "features"
+    return latest(root, w.data.features.roi)

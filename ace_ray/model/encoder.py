@@ -87,7 +87,8 @@ class CEBert(nn.Module):
         return self.bert.config.hidden_size
 
     def forward(self, title_ids, title_mask, hot_ids=None, hot_mask=None, patches=None, pixels=None):
-        """Encode a batch. Text ids are ``[CLS] ... [SEP]`` rows (the hot-query row's [CLS] is dropped).
+        """Encode a batch. Text ids are ``[CLS] ... [SEP]`` rows (the hot-query row's [CLS] is dropped); a
+        segment whose input is None is left out (the query tower passes text only).
 
         Returns ``(sequence_output, pooled, offsets)`` with ``offsets[segment] = (start, length)``.
         """
@@ -106,11 +107,15 @@ class CEBert(nn.Module):
         add(words(title_ids.long()), TITLE, title_mask)
         if hot_ids is not None:
             add(words(hot_ids[:, 1:].long()), HOT, hot_mask[:, 1:])
-        if self.patch_proj is not None:
+        if patches is not None:
+            if self.patch_proj is None:
+                raise ValueError("this encoder was built with model.patches=false but got patch features")
             sep = words(torch.full((b, 1), self.sep_id, dtype=torch.long, device=title_ids.device))
             x = torch.cat([self.patch_proj(patches.to(sep.dtype)), sep], 1)
             add(x, PATCH, torch.ones(x.shape[:2], device=x.device))
-        if self.pixel_proj is not None:
+        if pixels is not None:
+            if self.pixel_proj is None:
+                raise ValueError("this encoder was built with model.pixels=false but got pixel patches")
             x = self.pixel_proj(pixels.to(parts[0].dtype))
             add(x, PIXEL, torch.ones(x.shape[:2], device=x.device))
         out = self.bert(inputs_embeds=torch.cat(parts, 1), attention_mask=torch.cat(masks, 1),
@@ -160,9 +165,9 @@ def load_model(path: str | Path) -> tuple[CEBert, dict[str, torch.Tensor], dict]
     info = json.loads((path / META_FILE).read_text())
     cfg = ModelConfig(**info["model"])
     tok = text.load_tokenizer(str(path))
-    enc = CEBert(
-        BertModel.from_pretrained(str(path)), cfg, info["patch_dim"], info["pixel_dim"], tok.sep_token_id
-    )
+    # Fine-tuned towers pool for themselves and were saved without BERT's pooler.
+    bert = BertModel.from_pretrained(str(path), add_pooling_layer=info.get("task") != "finetune")
+    enc = CEBert(bert, cfg, info["patch_dim"], info["pixel_dim"], tok.sep_token_id)
     extra = load_file(str(path / EXTRA_WEIGHTS))
     own = {k: v for k, v in extra.items() if not k.startswith("heads.")}
     missing = (

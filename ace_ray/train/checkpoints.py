@@ -31,25 +31,29 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def report(metrics: dict, model, opt, sched, pos: Position, rank: int, extra_dir=None) -> None:
+def report(metrics: dict, model, opt, sched, pos: Position, rank: int, extra_dir=None,
+           extra_state: dict | None = None) -> None:  # fmt: skip
     """``ray.train.report`` on every rank (it is a barrier); rank 0 attaches the checkpoint.
 
-    ``extra_dir(path)``, when given, writes more files into the checkpoint (e.g. the saved model).
+    ``extra_dir(path)``, when given, writes more files into the checkpoint (e.g. the saved model);
+    ``extra_state`` maps names to more objects with a ``state_dict`` (e.g. a discriminator and its optimiser).
     """
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "position": asdict(pos)}  # fmt: skip
+                 "scheduler": sched.state_dict(), "position": asdict(pos),
+                 "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()}}  # fmt: skip
         torch.save(state, Path(tmp) / STATE_FILE)
         if extra_dir is not None:
             extra_dir(Path(tmp))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def restore(model, opt, sched) -> Position | None:
-    """Load the run's latest checkpoint into ``model``, ``opt`` and ``sched``; its position, or None."""
+def restore(model, opt, sched, extra_state: dict | None = None) -> Position | None:
+    """Load the run's latest checkpoint into ``model``, ``opt``, ``sched`` (and ``extra_state``'s objects);
+    its position, or None."""
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return None
@@ -58,4 +62,25 @@ def restore(model, opt, sched) -> Position | None:
     unwrap(model).load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
+    for k, v in (extra_state or {}).items():
+        v.load_state_dict(state["extra"][k])
     return Position(**state["position"])
+
+
+def resume(model, opt, sched, log, rank: int, micro_per_epoch: int, tag: str,
+           extra_state: dict | None = None) -> Position:  # fmt: skip
+    """Where this attempt starts: the latest checkpoint's position (the next epoch when its epoch was
+    done), or the beginning. Steps a failed attempt did after its last checkpoint are done again; they
+    are counted and logged (``log`` is the run's ``worker.RunLog``)."""
+    pos = restore(model, opt, sched, extra_state)
+    if pos is None:
+        return Position()
+    if pos.micro >= micro_per_epoch:
+        pos.epoch, pos.micro = pos.epoch + 1, 0
+    if pos.step and rank == 0:
+        redo = max(0, log.last_step("loss") - pos.step)
+        pos.steps_repeated += redo
+        print(f"[{tag}] resumed from step {pos.step} (epoch {pos.epoch}, batch {pos.micro}); "
+              f"repeating {redo} steps")  # fmt: skip
+        log.metrics({"resumed_from_step": pos.step, "steps_repeated": pos.steps_repeated}, pos.step)
+    return pos

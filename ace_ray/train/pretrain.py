@@ -8,8 +8,6 @@ pairing titles and images inside each batch (1 positive : ``negatives`` shuffled
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import ray.train.torch
 import torch
 
 from ace_ray import tracking
-from ace_ray.config import TrainConfig, Workload, from_dict, to_dict
+from ace_ray.config import Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.batching import normalise_pixels
@@ -37,8 +35,7 @@ from ace_ray.model.heads import CEBertPretraining
 from ace_ray.model.losses import adaptive_weights
 from ace_ray.model.masking import mask_patches, mask_tokens
 from ace_ray.runtime import ensure_ray
-from ace_ray.train import checkpoints, worker
-from ace_ray.train.checkpoints import Position
+from ace_ray.train import checkpoints, runner, worker
 
 LOSSES = ("mlm", "mpm", "tip")
 
@@ -121,32 +118,14 @@ def evaluate(
 
 def train_loop(config: dict) -> dict:
     """One Ray Train worker."""
-    w: Workload = from_dict(Workload, config["workload"])
-    tc = w.pretrain.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    worker.set_threads(tc)
-    device = worker.device_for(config["use_gpu"])
-    manifest = fs.FeatureManifest(**config["manifest"])
-    torch.manual_seed(tc.seed)  # identical initial weights on every rank
+    w, tc, rank, world, device, manifest = worker.start(config, "pretrain")
     encoder = build_encoder(w.model, w.data.text.tokenizer, manifest.feature_dim, manifest.pixel_dim)
     model = CEBertPretraining(encoder, encoder.bert.config.vocab_size)
     model = ray.train.torch.prepare_model(model)
     total, micro_per_epoch = config["total_steps"], config["micro_per_epoch"]
     opt, sched = worker.optimizer_and_schedule(model, tc, total)
     log = worker.RunLog(config["tracking_uri"], config["mlflow_run_id"], rank == 0)
-    pos = checkpoints.restore(model, opt, sched)
-    if pos is None:
-        pos = Position()
-    elif pos.micro >= micro_per_epoch:
-        pos.epoch, pos.micro = pos.epoch + 1, 0
-    if pos.step and rank == 0:
-        # Steps a failed attempt did after its last checkpoint are done again: count them.
-        redo = max(0, log.last_step("loss") - pos.step)
-        pos.steps_repeated += redo
-        print(f"[pretrain] resumed from step {pos.step} (epoch {pos.epoch}, batch {pos.micro}); "
-              f"repeating {redo} steps")  # fmt: skip
-        log.metrics({"resumed_from_step": pos.step, "steps_repeated": pos.steps_repeated}, pos.step)
+    pos = checkpoints.resume(model, opt, sched, log, rank, micro_per_epoch, "pretrain")
     core = checkpoints.unwrap(model)
     holdout = read_holdout(config["set_path"], w.pretrain.max_holdout) if rank == 0 else pd.DataFrame()
     if rank == 0 and pos.step == 0:
@@ -203,9 +182,9 @@ def train_loop(config: dict) -> dict:
                 m = meter.flush()
                 if rank == 0:
                     log.metrics({"samples_per_s": m["samples_per_s"]}, pos.step)
-                    print(f"[pretrain] step {pos.step}/{total} epoch {pos.epoch} | loss {m['loss']:.3f} "
-                          + " ".join(f"{k} {m[k]:.3f}" for k in (*LOSSES, "tip_acc") if k in m)
-                          + f" | {m['samples_per_s']:.1f} samples/s | ETA {meter.eta(pos.step)}")  # fmt: skip
+                    print(
+                        worker.progress_line("pretrain", pos, total, m, ("loss", *LOSSES, "tip_acc"), meter)
+                    )
             if rank == 0 and w.pretrain.eval_every and pos.step % w.pretrain.eval_every == 0:
                 log.metrics(evaluate(core, holdout, manifest, w, device), pos.step, prefix="heldout_")
             if pos.step % tc.checkpoint_every == 0 and pos.step < total:
@@ -244,32 +223,6 @@ def plan_steps(w: Workload, train_products: int, world: int) -> tuple[int, int]:
     return micro, tc.max_steps or tc.epochs * (micro // tc.grad_accum)
 
 
-def trainer_for(w: Workload, tc: TrainConfig, name: str, loop, loop_config: dict,
-                datasets: dict) -> ray.train.torch.TorchTrainer:  # fmt: skip
-    """A TorchTrainer from a train section: workers, resources, checkpoints, failures."""
-    use_gpu = loop_config["use_gpu"]
-    return ray.train.torch.TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=tc.workers, use_gpu=use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
-        ),  # fmt: skip
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(w.path(w.ray.storage_path))
-            if "://" not in w.ray.storage_path
-            else w.ray.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=tc.keep_checkpoints,
-                checkpoint_score_attribute="loss",
-                checkpoint_score_order="min",
-            ),  # fmt: skip
-        ),
-        datasets=datasets,
-    )
-
-
 def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
     """Pretrain CE-BERT on the workload's catalogue; returns the result with the model directory.
 
@@ -278,17 +231,14 @@ def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
     """
     ensure_ray(w.ray)
     root = w.path(w.data.root)
-    store = fs.latest(w.path(w.data.features.out) if w.data.features.out else root / "features")
+    store = fs.for_workload(w)
     tc = w.pretrain.train
     set_path = build_pretrain_set(root, store, w.data.text, w.pretrain.holdout, tc.seed)
     counts = set_counts(set_path)
-    use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = runner.wants_gpu(tc)
     micro, total = plan_steps(w, counts["train"], tc.workers)
     existing = tracking.find_run(w, "ray_run_name", run_name) if run_name else None
-    name = (
-        run_name
-        or f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}-{np.random.default_rng().integers(1 << 16):04x}"
-    )
+    name = runner.run_name("pretrain", run_name)
     with tracking.start_run(w, "pretrain", tags={"stage": "pretrain", "ray_run_name": name},
                             run_id=existing) as run:  # fmt: skip
         tracking.log_metrics({"train_products": counts["train"], "heldout_products": counts["holdout"],
@@ -297,7 +247,7 @@ def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
             "workload": to_dict(w),
             "manifest": dataclasses.asdict(store.manifest),
             "set_path": str(set_path),
-            "use_gpu": bool(use_gpu),
+            "use_gpu": use_gpu,
             "total_steps": total,
             "micro_per_epoch": micro,
             "tracking_uri": tracking.tracking_uri(w),
@@ -305,17 +255,8 @@ def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
         }
         print(f"[pretrain] {counts['train']:,} training products ({counts['holdout']:,} held out), "
               f"{tc.workers} workers{' on GPUs' if use_gpu else ''}, {total} steps; Ray Train run {name}")  # fmt: skip
-        trainer = trainer_for(w, tc, name, train_loop, loop_config, {"train": pretrain_dataset(set_path)})
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        out = dict(result.return_value or {})
-        with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
-            # Copy out of the checkpoint (which may be remote) before logging it as the run's model.
-            model_dir = Path(tmp) / "model"
-            shutil.copytree(Path(d) / checkpoints.MODEL_DIR, model_dir)
-            tracking.log_artifacts(model_dir, "model")
-        out.update(run_id=run.info.run_id, ray_run_name=name, checkpoint=result.checkpoint.path,
-                   model_dir=str(Path(result.checkpoint.path) / checkpoints.MODEL_DIR))  # fmt: skip
-        tracking.log_metrics({"steps_repeated": out.get("steps_repeated", 0)})
+        trainer = runner.trainer_for(
+            w, tc, name, train_loop, loop_config, {"train": pretrain_dataset(set_path)}
+        )
+        out = runner.fit(trainer, run, name)
     return out

@@ -13,6 +13,24 @@ import torch
 from ace_ray.config import TrainConfig
 
 
+def start(config: dict, section: str):
+    """What every training worker does first: its workload, its train section (``pretrain``/``finetune``),
+    rank and world size, threads, device and the feature manifest; and one seed for the initial weights,
+    so every rank starts identical."""
+    import ray.train
+
+    from ace_ray.config import Workload, from_dict
+    from ace_ray.data.feature_store import FeatureManifest
+
+    w = from_dict(Workload, config["workload"])
+    tc = getattr(w, section).train
+    ctx = ray.train.get_context()
+    set_threads(tc)
+    torch.manual_seed(tc.seed)
+    manifest = FeatureManifest(**config["manifest"])
+    return w, tc, ctx.get_world_rank(), ctx.get_world_size(), device_for(config["use_gpu"]), manifest
+
+
 def device_for(use_gpu: bool) -> torch.device:
     if use_gpu and torch.cuda.is_available():
         import ray.train.torch
@@ -97,6 +115,13 @@ class Meter:
         done = step - self.start
         rate = done / max(1e-9, time.perf_counter() - self.t0)
         return fmt_eta((self.total - step) / rate) if rate > 0 else "?"
+
+
+def progress_line(tag: str, pos, total: int, m: dict[str, float], keys, meter: Meter) -> str:
+    """``[tag] step 40/200 epoch 0 | loss 1.234 ... | 152.3 samples/s | ETA 1m05s``."""
+    values = " ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
+    return (f"[{tag}] step {pos.step}/{total} epoch {pos.epoch} | {values} | "
+            f"{m['samples_per_s']:.1f} samples/s | ETA {meter.eta(pos.step)}")  # fmt: skip
 
 
 class RunLog:

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, FAISS indexes, baselines, reports."""

@@ -1,0 +1,103 @@
+"""A fine-tuned model as a retriever: products embedded by a Ray Data job (actors holding the product
+tower read the feature store), queries by the query tower in the driver. It then scores and searches like
+every baseline (``EmbeddingRetriever``), and its product embeddings are what the FAISS index holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+
+from ace_ray.config import EvalConfig
+from ace_ray.data import feature_store as fs
+from ace_ray.data import text
+from ace_ray.data.batching import normalise_pixels
+from ace_ray.data.hot_queries import read_hot_queries
+from ace_ray.eval.baselines import EmbeddingRetriever
+from ace_ray.model.towers import TwoTower, encode_query_texts, load_towers
+from ace_ray.runtime import cluster_cpus
+
+
+def product_inputs(
+    rows: pd.DataFrame, manifest: fs.FeatureManifest, text_cfg: dict
+) -> dict[str, torch.Tensor]:
+    """Feature-store rows joined with title and hot queries -> the product tower's inputs."""
+    t = text.encode(rows["title"].tolist(), text_cfg["max_title"], text_cfg["tokenizer"])
+    h = text.encode([text.join_hot_queries(x) for x in rows["hot_queries"]], text_cfg["max_hot"],
+                    text_cfg["tokenizer"])  # fmt: skip
+    out = {"title_ids": t["input_ids"], "title_mask": t["attention_mask"], "hot_ids": h["input_ids"],
+           "hot_mask": h["attention_mask"]}  # fmt: skip
+    out = {k: torch.from_numpy(v.astype(np.int64)) for k, v in out.items()}
+    out["patches"] = torch.from_numpy(manifest.stack_patches(rows["patch_features"]).astype(np.float32))
+    out["pixels"] = torch.from_numpy(normalise_pixels(manifest.stack_pixels(rows["pixels"])))
+    return out
+
+
+class ProductEmbedder:
+    """Ray Data actor: a batch of feature-store rows -> (product_id, embedding)."""
+
+    def __init__(self, model_dir: str, lookup: pd.DataFrame, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.towers, info = load_towers(model_dir)
+        self.manifest = fs.FeatureManifest(**info["feature_manifest"])
+        self.text_cfg = info["text"]
+        self.lookup = lookup.set_index("product_id")
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = batch.join(self.lookup, on="product_id", how="inner")
+        with torch.inference_mode():
+            emb = self.towers.encode_products(product_inputs(rows, self.manifest, self.text_cfg)).numpy()
+        return pd.DataFrame({"product_id": rows["product_id"].to_numpy(), "emb": list(emb)})
+
+
+class TowerRetriever(EmbeddingRetriever):
+    """A fine-tuned model directory as a retriever over a catalogue's feature store."""
+
+    def __init__(self, model_dir: str | Path, store: fs.FeatureStore, root: str | Path, cfg: EvalConfig,
+                 name: str = "model"):  # fmt: skip
+        super().__init__()
+        self.model_dir, self.store, self.root, self.cfg, self.name = (
+            str(model_dir),
+            store,
+            Path(root),
+            cfg,
+            name,
+        )
+        self.towers: TwoTower
+        self.towers, info = load_towers(model_dir)
+        self.info = info
+        store.check(fs.FeatureManifest(**info["feature_manifest"]))
+
+    def embed_queries(self, queries: list[str]) -> np.ndarray:
+        return encode_query_texts(self.towers, queries, self.info["text"])
+
+    def _embed_products(self, products: pd.DataFrame) -> np.ndarray:
+        hot = read_hot_queries(self.root)[["product_id", "hot_queries"]] if self.towers.hot_queries else None
+        lookup = products[["product_id", "title"]]
+        lookup = (
+            lookup.merge(hot, on="product_id", how="left")
+            if hot is not None
+            else lookup.assign(hot_queries=None)
+        )
+        # Products without clicks on the train days have no hot queries (an empty segment).
+        lookup["hot_queries"] = [
+            list(x) if isinstance(x, list | np.ndarray) else [] for x in lookup["hot_queries"]
+        ]
+        actors = self.cfg.embed_actors or max(1, cluster_cpus() // 2)
+        ds = ray.data.read_parquet(
+            self.store.parts(), columns=["product_id", "status", "patch_features", "pixels"]
+        )
+        ds = ds.filter(lambda r: r["status"] == fs.OK).drop_columns(["status"])
+        emb = ds.map_batches(ProductEmbedder, fn_constructor_kwargs={"model_dir": self.model_dir, "lookup": lookup},
+                             batch_size=self.cfg.batch_size, batch_format="pandas", concurrency=actors,
+                             num_cpus=1).to_pandas()  # fmt: skip
+        by_id = dict(zip(emb["product_id"], emb["emb"], strict=True))
+        missing = [p for p in products["product_id"] if p not in by_id]
+        if missing:
+            raise ValueError(
+                f"{self.store.path}: no embedding for {len(missing)} catalogue products, e.g. {missing[:3]}"
+            )
+        return np.stack([by_id[p] for p in products["product_id"]]).astype(np.float32)

@@ -1,0 +1,171 @@
+"""``ace-ray reproduce``: the paper's tables on a catalogue, with several seeds, as one Markdown report.
+
+Rows are presets. Presets that come to the same config (e.g. Table 1's CE-BERT and Table 4's "none") are
+trained once per seed and shared between tables. Each distinct pretraining (image input x loss weighting)
+is done once, with the first seed; the seeds vary the fine-tuning (its initialisation of the new layers,
+batch plan and order, dropout), so the spread is the fine-tuning's. TwinBERT is text only and starts from
+``model.init`` as in its paper. The baselines are evaluated once: they do not train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from ace_ray import tracking
+from ace_ray.config import Workload, apply_overrides, from_dict, to_dict
+from ace_ray.data import feature_store as fs
+from ace_ray.data.features import build_features
+from ace_ray.eval import report
+from ace_ray.eval.evaluate import SUMMARY, run_evaluation
+from ace_ray.model.presets import preset_overrides
+from ace_ray.runtime import ensure_ray
+from ace_ray.train.finetune import run_finetune
+from ace_ray.train.pretrain import run_pretrain
+
+PRETRAIN_KEYS = ("data.features.roi", "model.patches", "model.pixels", "pretrain.adaptive")
+
+
+def _with(w: Workload, overrides: list[str]) -> Workload:
+    """``w`` with dotted overrides applied (through the typed loader, so they are checked)."""
+    return from_dict(Workload, apply_overrides(to_dict(w), overrides, Workload))
+
+
+def _features(w: Workload) -> fs.FeatureStore:
+    try:
+        return fs.for_workload(w)
+    except FileNotFoundError:
+        root = w.path(w.data.root)
+        print(f"[reproduce] building {'RoI' if w.data.features.roi else 'whole-image'} features for {root}")
+        out = w.path(w.data.features.out) if w.data.features.out else None
+        build_features(root, w.data.features, out)
+        return fs.for_workload(w)
+
+
+def _history(w: Workload, run_id: str, key: str) -> pd.DataFrame:
+    client = mlflow.tracking.MlflowClient(tracking.tracking_uri(w))
+    hist = client.get_metric_history(run_id, key)
+    return pd.DataFrame({"step": [m.step for m in hist], key: [m.value for m in hist]}).sort_values("step")
+
+
+def reproduce(base: Workload) -> Path:
+    """Train and evaluate every table row with every seed; write ``<reproduce.out>/<name>/report.md``."""
+    ensure_ray(base.ray)
+    cfg = base.reproduce
+    out = base.path(cfg.out) / f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    presets = list(dict.fromkeys(p for rows in cfg.tables.values() for p in rows))
+    configs = {p: tuple(preset_overrides(p)) for p in presets}
+    pretrained: dict[tuple, str] = {}
+    runs: dict[tuple, dict] = {}  # (config, seed) -> finetune result + metrics
+    rows = []
+    t0 = time.perf_counter()
+    for preset in presets:
+        w = _with(base, [*configs[preset], f"finetune.preset={preset}"])
+        store = _features(w)
+        for seed in cfg.seeds:
+            key = (configs[preset], seed)
+            if key not in runs:
+                ws = _with(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
+                if preset != "twinbert":
+                    pkey = tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
+                    if pkey not in pretrained:
+                        print(f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}")
+                        pretrained[pkey] = run_pretrain(w)["model_dir"]
+                    ws = _with(ws, [f"finetune.init_from={pretrained[pkey]}"])
+                print(
+                    f"\n[reproduce] {preset} seed {seed} ({time.perf_counter() - t0:.0f} s so far)",
+                    flush=True,
+                )
+                res = run_finetune(ws)
+                ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), store, ws.data.test_days,
+                                    dataclasses.replace(ws.eval, baselines=[]), out / f"{preset}-seed{seed}",
+                                    name=preset)[preset]  # fmt: skip
+                runs[key] = {"run_id": res["run_id"], "metrics": ev, "eval_dir": out / f"{preset}-seed{seed}"}
+            rows.append({"method": preset, "seed": seed, **runs[key]["metrics"]})
+    baseline = run_evaluation(None, base.path(base.data.root), _features(base), base.data.test_days, base.eval,
+                              out / "baselines")  # fmt: skip
+    for name, m in baseline.items():
+        if not name.startswith("_"):
+            rows.append({"method": name, "seed": 0, **m})
+    results = pd.DataFrame(rows)
+    results.to_csv(out / "results.csv", index=False)
+    metrics = [m for m in SUMMARY if m in results]
+    summary = report.summarise_seeds(results, ["method"], metrics)
+    sections = [("How this was made", _how(base, baseline["_counts"], time.perf_counter() - t0))]
+    for title, table_rows in cfg.tables.items():
+        names = [*table_rows, *base.eval.baselines]
+        part = (
+            summary.set_index("method").loc[[n for n in names if n in set(summary["method"])]].reset_index()
+        )
+        sections.append(
+            (title, report.seed_table(part, ["method"], metrics) + "\n\n" + _regressions(part, table_rows))
+        )
+    sections += _figures(base, runs, configs, cfg.seeds[0], out)
+    path = report.write_report(out / "report.md", f"ACE-BERT reproduction: {base.name}", sections)
+    with tracking.start_run(base, "reproduce", tags={"stage": "reproduce"}):
+        tracking.log_artifacts(out, "reproduce")
+    print(f"\n[reproduce] report {path} ({time.perf_counter() - t0:.0f} s)")
+    return path
+
+
+def _dotted(obj, dotted: str):
+    """``obj.a.b`` from ``"a.b"``."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _regressions(part: pd.DataFrame, table_rows: list[str]) -> str:
+    """Say where a row does not beat the row above it (Recall@100 and GAUC means)."""
+    means = part.set_index("method")
+    notes = []
+    for above, row in zip(table_rows, table_rows[1:], strict=False):
+        for m in ("recall@100_mean", "gauc_mean"):
+            if (
+                m in means
+                and row in means.index
+                and above in means.index
+                and means.loc[row, m] <= means.loc[above, m]
+            ):
+                notes.append(f"- {row} does not beat {above} on {m[:-5]} ({means.loc[row, m]:.4f} vs "
+                             f"{means.loc[above, m]:.4f}).")  # fmt: skip
+    return "\n".join(notes) if notes else "Every row beats the row above it on Recall@100 and GAUC."
+
+
+def _figures(base: Workload, runs: dict, configs: dict, seed: int, out: Path) -> list[tuple[str, str]]:
+    """Fig. 6 (matching loss with and without adversarial learning) and Fig. 7 (embedding maps)."""
+    pair = {"without adversarial": "hot_query", "with adversarial": "adversarial"}
+    found = {label: runs.get((configs.get(p), seed)) for label, p in pair.items() if p in configs}
+    found = {k: v for k, v in found.items() if v}
+    if len(found) < 2:
+        return []
+    curves = {
+        label: _history(base, r["run_id"], "main").rename(columns={"main": "loss"})
+        for label, r in found.items()
+    }
+    fig6 = report.plot_curves(curves, out / "fig6_matching_loss.png", y="loss", smooth=0.1,
+                              title=f"Semantic matching loss (L_main), seed {seed}")  # fmt: skip
+    maps = []
+    for label, r in found.items():
+        dst = out / f"fig7_embedding_map_{label.replace(' ', '_')}.png"
+        shutil.copy(r["eval_dir"] / "embedding_map.png", dst)
+        gap = r["metrics"].get("centroid_gap", float("nan"))
+        maps.append(
+            f"{label} (query-product centroid gap {gap:.3f}):\n\n{report.figure_link(dst, out / 'report.md', label)}"
+        )
+    return [("Fig. 6: matching loss with and without adversarial learning", report.figure_link(fig6, out / "report.md")),
+            ("Fig. 7: query and product embeddings by category", "\n\n".join(maps))]  # fmt: skip
+
+
+def _how(w: Workload, counts: dict, seconds: float) -> str:
+    return (f"Catalogue `{w.path(w.data.root)}`: {counts['catalogue']:,} products with features, "
+            f"{counts['test_queries']:,} test queries, {counts['test_sessions']:,} test sessions "
+            f"(last {w.data.test_days} days). Model init `{w.model.init}` ({w.model.layers} layers); seeds "
+            f"{list(w.reproduce.seeds)}; {seconds / 60:.1f} min in all. Cells are mean ± std over the seeds "
+            f"(baselines: one run). Command: `ace-ray reproduce --workload workloads/{w.name}.yaml`.")  # fmt: skip

@@ -1,0 +1,151 @@
+"""ACE-BERT's two towers (paper 3): one shared CE-BERT encodes queries (``[CLS] query [SEP]``) and
+products (title, hot queries, RoI patch features, pixel patches); both are pooled, projected to
+``embed_dim`` and L2-normalised, so a dot product is the cosine similarity FAISS searches by.
+
+Also the adversarial parts (paper 3.3): the domain classifier D and a gradient-reversal layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ace_ray.model.encoder import CEBert, build_encoder, load_model, save_model
+
+POOLING = ("mean", "cls")
+
+
+class TwoTower(nn.Module):
+    """Shared-weight query and product towers over one ``CEBert``."""
+
+    def __init__(self, encoder: CEBert, embed_dim: int, pooling: str = "mean", hot_queries: bool = True):
+        super().__init__()
+        if pooling not in POOLING:
+            raise ValueError(f"finetune.pooling: unknown pooling {pooling!r}; one of {', '.join(POOLING)}")
+        # The towers pool the sequence themselves: BERT's pooler would be an unused (DDP-breaking) layer.
+        encoder.bert.pooler = None
+        self.encoder, self.pooling, self.hot_queries = encoder, pooling, hot_queries
+        self.proj = nn.Linear(encoder.hidden, embed_dim)
+
+    def _embed(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            x = seq[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(seq.dtype)
+            x = (seq * m).sum(1) / m.sum(1).clamp(min=1)
+        return F.normalize(self.proj(x).float(), dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query embeddings, product embeddings) of a batch of pairs: what DDP wraps for training."""
+        return self.encode_queries(batch["query_ids"], batch["query_mask"]), self.encode_products(batch)
+
+    def encode_queries(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Query token ids/masks [B, L] -> unit embeddings [B, embed_dim]."""
+        seq, _, _ = self.encoder(ids, mask)
+        return self._embed(seq, mask)
+
+    def encode_products(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A product batch (title_ids/mask, hot_ids/mask, patches, pixels; what the model uses) -> unit
+        embeddings [B, embed_dim]."""
+        enc = self.encoder
+        hot = self.hot_queries and "hot_ids" in batch
+        seq, _, _ = enc(
+            batch["title_ids"],
+            batch["title_mask"],
+            hot_ids=batch["hot_ids"] if hot else None,
+            hot_mask=batch["hot_mask"] if hot else None,
+            patches=batch["patches"] if enc.patch_proj is not None else None,
+            pixels=batch["pixels"] if enc.pixel_proj is not None else None,
+        )
+        masks = [batch["title_mask"]]
+        if hot:
+            masks.append(batch["hot_mask"][:, 1:])
+        masks.append(
+            torch.ones(seq.shape[0], seq.shape[1] - sum(m.shape[1] for m in masks), device=seq.device)
+        )
+        return self._embed(seq, torch.cat([m.to(seq.device, seq.dtype) for m in masks], 1))
+
+
+class DomainClassifier(nn.Module):
+    """D (eq. 6): embedding -> logit of "this came from the query tower"."""
+
+    def __init__(self, embed_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.net(emb).squeeze(-1)
+
+
+class _Reverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; gradient times ``-scale`` backward (Ganin & Lempitsky's gradient reversal)."""
+    return _Reverse.apply(x, scale)
+
+
+def encode_query_texts(towers: TwoTower, queries: list[str], text_cfg: dict, batch: int = 256) -> np.ndarray:
+    """Query texts -> unit embeddings (float32 [n, embed_dim]), tokenised as in training, in batches."""
+    from ace_ray.data import text
+
+    out = [np.zeros((0, towers.proj.out_features), np.float32)]
+    with torch.inference_mode():
+        for i in range(0, len(queries), batch):
+            q = text.encode(queries[i : i + batch], text_cfg["max_query"], text_cfg["tokenizer"])
+            ids, mask = (torch.from_numpy(q[k].astype(np.int64)) for k in ("input_ids", "attention_mask"))
+            out.append(towers.encode_queries(ids, mask).numpy())
+    return np.concatenate(out)
+
+
+def build_towers(w, patch_dim: int, pixel_dim: int) -> TwoTower:
+    """The towers a workload fine-tunes: from ``finetune.init_from`` (a pretrained model directory) or a
+    fresh encoder from ``model``; the image segments follow ``model.patches``/``model.pixels`` (a text-only
+    preset drops a pretrained model's projections, a missing one starts random)."""
+    ft = w.finetune
+    if not ft.init_from:
+        enc = build_encoder(w.model, w.data.text.tokenizer, patch_dim, pixel_dim)
+        return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries)
+    enc, _, _ = load_model(w.path(ft.init_from))
+    hidden = enc.hidden
+    if w.model.patches and (enc.patch_proj is None or enc.patch_dim != patch_dim):
+        print(f"[finetune] {ft.init_from}: no patch projection for {patch_dim}-d features; starting one")
+        enc.patch_proj = nn.Linear(patch_dim, hidden)
+    if w.model.pixels and (enc.pixel_proj is None or enc.pixel_dim != pixel_dim):
+        print(f"[finetune] {ft.init_from}: no pixel projection for {pixel_dim}-d patches; starting one")
+        enc.pixel_proj = nn.Linear(pixel_dim, hidden)
+    enc.patch_proj = enc.patch_proj if w.model.patches else None
+    enc.pixel_proj = enc.pixel_proj if w.model.pixels else None
+    enc.patch_dim, enc.pixel_dim = patch_dim, pixel_dim
+    enc.cfg = dataclasses.replace(enc.cfg, patches=w.model.patches, pixels=w.model.pixels)
+    return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries)
+
+
+def save_towers(towers: TwoTower, out, tokenizer_name: str, meta: dict) -> None:
+    """A self-contained model directory (see ``save_model``) whose ``ace_ray.json`` also describes the
+    towers (embedding size, pooling, hot queries)."""
+    info = {"task": "finetune", "embed_dim": towers.proj.out_features, "pooling": towers.pooling,
+            "hot_queries": towers.hot_queries, **meta}  # fmt: skip
+    save_model(towers.encoder, nn.ModuleDict({"proj": towers.proj}), out, tokenizer_name, info)
+
+
+def load_towers(path) -> tuple[TwoTower, dict]:
+    """A fine-tuned model directory -> (towers in eval mode, its ace_ray.json)."""
+    enc, heads, info = load_model(path)
+    if info.get("task") != "finetune":
+        raise ValueError(f"{path}: a {info.get('task', 'unknown')} model, not fine-tuned towers")
+    towers = TwoTower(enc, info["embed_dim"], info["pooling"], info["hot_queries"])
+    towers.proj.load_state_dict({"weight": heads["proj.weight"], "bias": heads["proj.bias"]})
+    return towers.eval(), info
