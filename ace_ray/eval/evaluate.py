@@ -53,9 +53,8 @@ def evaluate_method(method: Retriever, data: EvalData, ks: list[int], fit: bool 
 def ann_figures(model: TowerRetriever, data: EvalData, cfg: EvalConfig) -> dict:
     """The model searched through the service's ANN index: its Recall@K, and against exact search."""
     q = model.embed_queries(data.queries)
-    cmp = faiss_index.compare(model.product_embeddings, q, max(cfg.ks), kind=cfg.index, hnsw_m=cfg.hnsw_m,
-                              ef_search=cfg.ef_search) if cfg.index == "hnsw" else \
-        faiss_index.compare(model.product_embeddings, q, max(cfg.ks), kind=cfg.index)  # fmt: skip
+    params = {"hnsw_m": cfg.hnsw_m, "ef_search": cfg.ef_search} if cfg.index == "hnsw" else {}
+    cmp = faiss_index.compare(model.product_embeddings, q, max(cfg.ks), kind=cfg.index, **params)
     rows = per_query(cmp["ann_ids"], data.targets, cfg.ks)
     return {**{f"ann_{k}": float(rows[k].mean()) for k in rows if k.startswith("recall")},
             "ann_overlap_with_exact": cmp["ann_recall"], "exact_ms_per_query": cmp["exact_ms_per_query"],

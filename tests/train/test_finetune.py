@@ -10,10 +10,6 @@ import pytest
 import torch
 
 from ace_ray import tracking
-from ace_ray.config import ClickModelConfig, FeaturesConfig, SynthConfig
-from ace_ray.data.features import build_features
-from ace_ray.data.synth.generate import synthesize
-from ace_ray.data.validate import validate
 from ace_ray.model.presets import load_with_preset
 from ace_ray.model.towers import load_towers
 from ace_ray.train.finetune import run_finetune
@@ -22,12 +18,8 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("finetune") / "shop"
-    synthesize(SynthConfig(products=400, days=5, sessions=240, shard_size=100), ClickModelConfig(), root)
-    validate(root)
-    build_features(root, FeaturesConfig(cnn_input=64, grid=2, batch_size=32))
-    return root
+def shop(featurised_shop):
+    return featurised_shop[1]
 
 
 def workload(shop: Path, tmp: Path, preset: str, *extra: str):
@@ -45,7 +37,7 @@ def history(w, run_id: str, key: str) -> dict[int, float]:
 
 
 def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
-    w = workload(shop, tmp_path, "cebert", "finetune.train.epochs=6")
+    w = workload(shop, tmp_path, "cebert", "finetune.train.epochs=4")
     res = run_finetune(w)
     main = history(w, res["run_id"], "main")
     steps = sorted(main)
@@ -66,13 +58,13 @@ def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
 
 @pytest.mark.parametrize("mode", ["alternating", "grl"])
 def test_adversarial_game_is_played_and_logged(shop, tmp_path, mode):
-    w = workload(shop, tmp_path, "acebert", f"finetune.adversarial.mode={mode}", "finetune.train.max_steps=12",
+    w = workload(shop, tmp_path, "acebert", f"finetune.adversarial.mode={mode}", "finetune.train.max_steps=6",
                  "finetune.adversarial.encoder_steps=2", "finetune.adversarial.disc_steps=1")  # fmt: skip
     res = run_finetune(w)
     d_acc, gap = history(w, res["run_id"], "d_acc"), history(w, res["run_id"], "centroid_gap")
-    assert len(d_acc) == 12 and len(gap) == 12 and all(0 <= v <= 1 for v in d_acc.values())
+    assert len(d_acc) == 6 and len(gap) == 6 and all(0 <= v <= 1 for v in d_acc.values())
     phases = history(w, res["run_id"], "disc_phase")
-    expected = [float(mode == "alternating" and s % 3 == 2) for s in range(12)]
-    assert [phases[s] for s in range(1, 13)] == expected
+    expected = [float(mode == "alternating" and s % 3 == 2) for s in range(6)]
+    assert [phases[s] for s in range(1, 7)] == expected
     _, info = load_towers(res["model_dir"])
     assert info["hot_queries"]
