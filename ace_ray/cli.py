@@ -37,6 +37,21 @@ def _sim_flags(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--workers", type=int, help="concurrent Ray tasks (0 = all CPUs)")
 
 
+def _train_flags(p: argparse.ArgumentParser, section: str) -> None:
+    p.add_argument("--root", help="catalogue directory with features (data.root)")
+    p.add_argument("--workers", type=int, help=f"Ray Train workers ({section}.train.workers)")
+    p.add_argument("--resume", metavar="RUN", help="resume this Ray Train run from its latest checkpoint")
+    _common(p)
+
+
+def _model_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
+    src.add_argument("--run", metavar="RUN_ID", help="MLflow run whose model artefact to use")
+    src.add_argument("--model", metavar="DIR", help="fine-tuned model directory")
+    p.add_argument("--root", help="catalogue directory with features (data.root)")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ace-ray",
@@ -104,10 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with NCCL and bf16 where present), 1 positive : 3 negative (title, image) pairs, AdamW "
                        "with warm-up, checkpoints to ray.storage_path, restarts after worker failures. Settings "
                        "are under model.* and pretrain.* (see `ace-ray config`).")  # fmt: skip
-    p.add_argument("--root", help="catalogue directory with features (data.root)")
-    p.add_argument("--workers", type=int, help="Ray Train workers (pretrain.train.workers)")
-    p.add_argument("--resume", metavar="RUN", help="resume this Ray Train run from its latest checkpoint")
-    _common(p)
+    _train_flags(p, "pretrain")
 
     p = sub.add_parser("finetune", help="fine-tune the two towers (ACE-BERT and the paper's variants) on Ray Train",
                        description="Fine-tune shared-weight query and product towers on the train days' clicks: "
@@ -116,31 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="twinbert | fashionbert | cebert | acebert | patch | roi_patch | "
                    "roi_patch_pixel | none | hot_query | adversarial (finetune.preset)")  # fmt: skip
     p.add_argument("--init", help="pretrained model directory to start from (finetune.init_from)")
-    p.add_argument("--root", help="catalogue directory with features (data.root)")
-    p.add_argument("--workers", type=int, help="Ray Train workers (finetune.train.workers)")
-    p.add_argument("--resume", metavar="RUN", help="resume this Ray Train run from its latest checkpoint")
-    _common(p)
+    _train_flags(p, "finetune")
 
     p = sub.add_parser("evaluate", help="GAUC, Recall@K (exact and FAISS), MRR, nDCG vs the baselines",
                        description="Evaluate a fine-tuned model on the test days against a random embedding, BM25 "
                        "over titles and zero-shot MiniLM: GAUC over the test sessions, Recall@10/50/100, MRR and "
                        "nDCG@10 over the whole catalogue (exact search and the ANN index), with breakdowns by "
                        "category, query band and cold products. Settings are under eval.* .")  # fmt: skip
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--run", metavar="RUN_ID", help="MLflow run whose model artefact to evaluate")
-    src.add_argument("--model", metavar="DIR", help="fine-tuned model directory")
-    p.add_argument("--root", help="catalogue directory with features (data.root)")
-    _common(p)
+    _model_flags(p, required=False)
 
     p = sub.add_parser("distill", help="distil the query tower into fewer layers (paper 4.7)",
                        description="Train a student query tower with the first finetune.distill.layers layers of a "
                        "fine-tuned model against its query embeddings; report the recall lost (student queries "
                        "against the teacher's product embeddings) and the encode time saved.")  # fmt: skip
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="RUN_ID", help="MLflow run whose model artefact is the teacher")
-    src.add_argument("--model", metavar="DIR", help="fine-tuned model directory (the teacher)")
-    p.add_argument("--root", help="catalogue directory with features (data.root)")
-    _common(p)
+    _model_flags(p, required=True)
 
     p = sub.add_parser("reproduce", help="the paper's tables (1, 3, 4) with several seeds, as a Markdown report",
                        description="Pretrain, fine-tune and evaluate every row of the paper's Tables 1, 3 and 4 "
