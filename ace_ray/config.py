@@ -415,6 +415,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> di
     return data
 
 
+def with_overrides(cfg: Workload, overrides: list[str]) -> Workload:
+    """A copy of ``cfg`` with dotted ``key=value`` overrides applied and checked like the command line's."""
+    return from_dict(Workload, apply_overrides(to_dict(cfg), overrides, Workload))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; errors name the file."""
     path = Path(path)

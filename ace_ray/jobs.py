@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ace_ray import tracking
-from ace_ray.config import Workload
+from ace_ray.config import Workload, with_overrides
 from ace_ray.data import feature_store as fs
 from ace_ray.data.features import build_features
 from ace_ray.data.hot_queries import read_hot_queries, write_hot_queries
@@ -232,7 +232,7 @@ def quickstart(workload: Workload) -> None:
     state: dict = {}
     steps = [("synth", synth), ("validate", validate_catalogue), ("summary", summary), ("features", features),
              ("pretrain", lambda w: state.update(pretrained=pretrain(w)["model_dir"])),
-             ("finetune", lambda w: state.update(model=finetune(_init_from(w, state["pretrained"]))["model_dir"])),
+             ("finetune", lambda w: state.update(model=finetune(with_overrides(w, [f"finetune.init_from={state['pretrained']}"]))["model_dir"])),
              ("evaluate", lambda w: evaluate(w, state["model"]))]  # fmt: skip
     for i, (name, step) in enumerate(steps, 1):
         print(f"\n=== quickstart {i}/{len(steps)}: {name} ===", flush=True)
@@ -240,9 +240,3 @@ def quickstart(workload: Workload) -> None:
     print(
         f"\nquickstart finished in {time.perf_counter() - t0:.1f} s; runs in {tracking.tracking_uri(workload)}"
     )
-
-
-def _init_from(workload: Workload, model_dir: str) -> Workload:
-    import dataclasses
-
-    return dataclasses.replace(workload, finetune=dataclasses.replace(workload.finetune, init_from=model_dir))

@@ -104,8 +104,7 @@ def build_finetune_batches(
     pairs["batch_id"] = plan_batches(pairs["category"].to_numpy(), batches.partitions, batches.batch_size,
                                      batches.seed)  # fmt: skip
     pairs = pairs.merge(products[["product_id", "title"]], on="product_id")
-    feats = ray.data.read_parquet(store.parts(), columns=["product_id", "status", "patch_features", "pixels"])
-    feats = feats.filter(lambda r: r["status"] == fs.OK).drop_columns(["status"])
+    feats = store.dataset(["patch_features", "pixels"])
     hot = build_hot_queries(root, test_days, text_cfg.hot_k).drop_columns(["hot_clicks"])
     n_parts = max(1, min(16, len(pairs) // 2000))
     manifest = store.manifest

@@ -106,6 +106,13 @@ class FeatureStore:
     def parts(self) -> list[str]:
         return sorted(str(p) for p in self.path.glob("*.parquet") if p.name != QUARANTINE)
 
+    def dataset(self, columns: list[str]):
+        """A Ray Dataset of the featurised rows (status "ok"), with ``product_id`` and ``columns``."""
+        import ray.data
+
+        ds = ray.data.read_parquet(self.parts(), columns=["product_id", "status", *columns])
+        return ds.filter(lambda r: r["status"] == OK).drop_columns(["status"])
+
     def read(self, columns: list[str] | None = None, ok_only: bool = True) -> pd.DataFrame:
         """The store as a DataFrame (small catalogues and tests; pipelines stream ``parts()``)."""
         cols = None if columns is None else list(dict.fromkeys(["product_id", "status", *columns]))

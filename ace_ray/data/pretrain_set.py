@@ -70,8 +70,7 @@ def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig
     titles = products[["product_id", "title"]].assign(
         split=np.where(is_held_out(products["product_id"], holdout, seed), "holdout", "train")
     )
-    feats = ray.data.read_parquet(store.parts(), columns=["product_id", "status", "patch_features", "pixels"])
-    feats = feats.filter(lambda r: r["status"] == fs.OK).drop_columns(["status"])
+    feats = store.dataset(["patch_features", "pixels"])
 
     def tokenize(batch: pd.DataFrame) -> pd.DataFrame:
         t = text.encode(batch["title"].tolist(), cfg.max_title, cfg.tokenizer)

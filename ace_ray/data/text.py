@@ -40,6 +40,7 @@ def encode(texts: list[str], max_len: int, name: str = PACKAGED_MINILM) -> dict[
     }
 
 
-def join_hot_queries(queries: list[str] | None, sep: str = " ; ") -> str:
-    """A product's hot queries as one text segment ("" when it has none)."""
-    return sep.join(queries) if queries is not None and len(queries) else ""
+def join_hot_queries(queries, sep: str = " ; ") -> str:
+    """A product's hot queries (a list or array) as one text segment; "" when it has none (None, or the
+    NaN a left join leaves for a product without train-day clicks)."""
+    return sep.join(queries) if isinstance(queries, list | tuple | np.ndarray) and len(queries) else ""

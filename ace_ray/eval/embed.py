@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import ray
 import torch
 
 from ace_ray.config import EvalConfig
@@ -82,15 +81,8 @@ class TowerRetriever(EmbeddingRetriever):
             if hot is not None
             else lookup.assign(hot_queries=None)
         )
-        # Products without clicks on the train days have no hot queries (an empty segment).
-        lookup["hot_queries"] = [
-            list(x) if isinstance(x, list | np.ndarray) else [] for x in lookup["hot_queries"]
-        ]
         actors = self.cfg.embed_actors or max(1, cluster_cpus() // 2)
-        ds = ray.data.read_parquet(
-            self.store.parts(), columns=["product_id", "status", "patch_features", "pixels"]
-        )
-        ds = ds.filter(lambda r: r["status"] == fs.OK).drop_columns(["status"])
+        ds = self.store.dataset(["patch_features", "pixels"])
         emb = ds.map_batches(ProductEmbedder, fn_constructor_kwargs={"model_dir": self.model_dir, "lookup": lookup},
                              batch_size=self.cfg.batch_size, batch_format="pandas", concurrency=actors,
                              num_cpus=1).to_pandas()  # fmt: skip

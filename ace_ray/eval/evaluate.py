@@ -50,9 +50,9 @@ def evaluate_method(method: Retriever, data: EvalData, ks: list[int], fit: bool 
     return {"metrics": out, "per_query": rows, "retrieved": retrieved}
 
 
-def ann_figures(model: TowerRetriever, data: EvalData, cfg: EvalConfig) -> dict:
-    """The model searched through the service's ANN index: its Recall@K, and against exact search."""
-    q = model.embed_queries(data.queries)
+def ann_figures(model: TowerRetriever, q: np.ndarray, data: EvalData, cfg: EvalConfig) -> dict:
+    """The model searched through the service's ANN index (``q``: its query embeddings): its Recall@K, and
+    against exact search."""
     params = {"hnsw_m": cfg.hnsw_m, "ef_search": cfg.ef_search} if cfg.index == "hnsw" else {}
     cmp = faiss_index.compare(model.product_embeddings, q, max(cfg.ks), kind=cfg.index, **params)
     rows = per_query(cmp["ann_ids"], data.targets, cfg.ks)
@@ -97,11 +97,11 @@ def run_evaluation(model_dir: str | Path | None, root: str | Path, store: fs.Fea
     sections.append(("Retrieval (exact search)", report.metrics_table([{"method": n, **m} for n, m in metrics.items()],
                                                                       cols)))  # fmt: skip
     if model is not None:
-        metrics[model.name].update(ann_figures(model, data, cfg))
+        q = model.embed_queries(data.queries)
+        metrics[model.name].update(ann_figures(model, q, data, cfg))
         ann_cols = [c for c in metrics[model.name] if c.startswith("ann_") or c.endswith("_per_query")]
         sections.append((f"ANN index ({cfg.index}) vs exact search",
                          report.metrics_table([{"method": model.name, **metrics[model.name]}], ann_cols)))  # fmt: skip
-        q = model.embed_queries(data.queries)
         png = report.plot_embedding_map(q, model.product_embeddings, data.query_category,
                                         data.products["category"].to_numpy(), out_dir / "embedding_map.png",
                                         title=f"{model.name}: queries (x) and products (o) by category",

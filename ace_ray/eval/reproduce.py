@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 
 from ace_ray import tracking
-from ace_ray.config import Workload, apply_overrides, from_dict, to_dict
+from ace_ray.config import Workload, with_overrides
 from ace_ray.data import feature_store as fs
 from ace_ray.data.features import build_features
 from ace_ray.eval import report
@@ -29,11 +29,6 @@ from ace_ray.train.finetune import run_finetune
 from ace_ray.train.pretrain import run_pretrain
 
 PRETRAIN_KEYS = ("data.features.roi", "model.patches", "model.pixels", "pretrain.adaptive")
-
-
-def _with(w: Workload, overrides: list[str]) -> Workload:
-    """``w`` with dotted overrides applied (through the typed loader, so they are checked)."""
-    return from_dict(Workload, apply_overrides(to_dict(w), overrides, Workload))
 
 
 def _features(w: Workload) -> fs.FeatureStore:
@@ -66,18 +61,18 @@ def reproduce(base: Workload) -> Path:
     rows = []
     t0 = time.perf_counter()
     for preset in presets:
-        w = _with(base, [*configs[preset], f"finetune.preset={preset}"])
+        w = with_overrides(base, [*configs[preset], f"finetune.preset={preset}"])
         store = _features(w)
         for seed in cfg.seeds:
             key = (configs[preset], seed)
             if key not in runs:
-                ws = _with(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
+                ws = with_overrides(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
                 if preset != "twinbert":
                     pkey = tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
                     if pkey not in pretrained:
                         print(f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}")
                         pretrained[pkey] = run_pretrain(w)["model_dir"]
-                    ws = _with(ws, [f"finetune.init_from={pretrained[pkey]}"])
+                    ws = with_overrides(ws, [f"finetune.init_from={pretrained[pkey]}"])
                 print(
                     f"\n[reproduce] {preset} seed {seed} ({time.perf_counter() - t0:.0f} s so far)",
                     flush=True,

@@ -64,8 +64,7 @@ def distill(model_dir: str | Path, root: str | Path, test_days: int, cfg: Distil
 
     start = distance()
     student.train()
-    opt = torch.optim.AdamW([p for n, p in student.named_parameters() if not n.startswith("encoder.patch")
-                             and not n.startswith("encoder.pixel")], lr=cfg.lr)  # fmt: skip
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr)  # image projections get no gradient: untouched
     tokens = text.encode(queries, text_cfg["max_query"], text_cfg["tokenizer"])
     ids, mask = (torch.from_numpy(tokens[k].astype(np.int64)) for k in ("input_ids", "attention_mask"))
     losses = []
