@@ -124,6 +124,18 @@ class CEBert(nn.Module):
         return out.last_hidden_state, pooled, offsets
 
 
+def trim_padding(mask: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``mask`` and the tensors aligned with it, without the trailing columns that are padding in every row.
+
+    Text is padded to its configured maximum (32 title, 48 hot-query tokens) but most batches need far less;
+    cutting the all-padding tail changes no output for real tokens (positions restart per segment, padding
+    is masked) and saves the encoder that much work.
+    """
+    used = mask.any(0).nonzero()
+    n = int(used.max()) + 1 if len(used) else 1
+    return tuple(t[:, :n] for t in (mask, *aligned))
+
+
 def build_encoder(cfg: ModelConfig, tokenizer_name: str, patch_dim: int, pixel_dim: int) -> CEBert:
     """A fresh CE-BERT from ``cfg.init`` (pretrained text BERT or random)."""
     tok = text.load_tokenizer(tokenizer_name)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ace_ray.model.encoder import CEBert, build_encoder, load_model, save_model
+from ace_ray.model.encoder import CEBert, build_encoder, load_model, save_model, trim_padding
 
 POOLING = ("mean", "cls")
 
@@ -45,6 +45,7 @@ class TwoTower(nn.Module):
 
     def encode_queries(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Query token ids/masks [B, L] -> unit embeddings [B, embed_dim]."""
+        mask, ids = trim_padding(mask, ids)
         seq, _, _ = self.encoder(ids, mask)
         return self._embed(seq, mask)
 
@@ -52,18 +53,20 @@ class TwoTower(nn.Module):
         """A product batch (title_ids/mask, hot_ids/mask, patches, pixels; what the model uses) -> unit
         embeddings [B, embed_dim]."""
         enc = self.encoder
-        hot = self.hot_queries and "hot_ids" in batch
+        title_mask, title_ids = trim_padding(batch["title_mask"], batch["title_ids"])
+        masks = [title_mask]
+        hot_ids = hot_mask = None
+        if self.hot_queries and "hot_ids" in batch:
+            hot_mask, hot_ids = trim_padding(batch["hot_mask"], batch["hot_ids"])
+            masks.append(hot_mask[:, 1:])
         seq, _, _ = enc(
-            batch["title_ids"],
-            batch["title_mask"],
-            hot_ids=batch["hot_ids"] if hot else None,
-            hot_mask=batch["hot_mask"] if hot else None,
+            title_ids,
+            title_mask,
+            hot_ids=hot_ids,
+            hot_mask=hot_mask,
             patches=batch["patches"] if enc.patch_proj is not None else None,
             pixels=batch["pixels"] if enc.pixel_proj is not None else None,
         )
-        masks = [batch["title_mask"]]
-        if hot:
-            masks.append(batch["hot_mask"][:, 1:])
         masks.append(
             torch.ones(seq.shape[0], seq.shape[1] - sum(m.shape[1] for m in masks), device=seq.device)
         )

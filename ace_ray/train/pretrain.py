@@ -30,7 +30,7 @@ from ace_ray.data.pretrain_set import (
     read_holdout,
     set_counts,
 )
-from ace_ray.model.encoder import build_encoder, save_model
+from ace_ray.model.encoder import build_encoder, save_model, trim_padding
 from ace_ray.model.heads import CEBertPretraining
 from ace_ray.model.losses import adaptive_weights
 from ace_ray.model.masking import mask_patches, mask_tokens
@@ -61,6 +61,7 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload, seed: int) 
     tok = text.load_tokenizer(w.data.text.tokenizer)
     special = torch.tensor(tok.all_special_ids)
     ids, mlm_labels = mask_tokens(ids, attn, w.pretrain.mlm_prob, tok.mask_token_id, len(tok), special, gen)
+    attn, ids, mlm_labels = trim_padding(attn, ids, mlm_labels)
     batch = {"title_ids": ids, "title_mask": attn, "mlm_labels": mlm_labels, "label": torch.from_numpy(label)}
     if w.model.patches:
         p = torch.from_numpy(manifest.stack_patches(raw["patch_features"]).astype(np.float32))[ii]

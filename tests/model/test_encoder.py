@@ -78,3 +78,29 @@ def test_saved_model_reloads_with_and_without_ace_ray(tmp_path):
     assert AutoTokenizer.from_pretrained(out)("red dress")["input_ids"][0] == 101
     assert {"patch_proj.weight", "pixel_proj.weight"} <= set(load_file(out / "multimodal.safetensors"))
     assert json.loads((out / "ace_ray.json").read_text())["segments"]["pixels"] == PIXEL
+
+
+def test_towers_cut_shared_padding_without_changing_any_embedding():
+    from ace_ray.model.encoder import trim_padding
+    from ace_ray.model.towers import TwoTower
+
+    torch.manual_seed(0)
+    towers = TwoTower(build_encoder(TINY, "minilm", 12, 48), 16).eval()
+    x = _inputs()
+    mask, ids = trim_padding(x["title_mask"], x["title_ids"])
+    assert mask.shape[1] == int(x["title_mask"].sum(1).max()) < x["title_mask"].shape[1]
+    # Naive reference: the encoder on the untrimmed, max-length inputs, mean-pooled over every real token.
+    seq, _, off = towers.encoder(**x)
+    real = torch.cat([x["title_mask"], x["hot_mask"][:, 1:], torch.ones(3, off[PATCH][1] + off[PIXEL][1])], 1)
+    naive = torch.nn.functional.normalize(
+        towers.proj((seq * real[..., None]).sum(1) / real.sum(1, keepdim=True))
+    )
+    with torch.no_grad():
+        assert torch.allclose(towers.encode_products(x), naive, atol=1e-5)
+        # A product's embedding does not depend on the batch it is in (its batch-mates set the cut).
+        alone = towers.encode_products({k: v[2:] for k, v in x.items()})
+        assert torch.allclose(alone, naive[2:], atol=1e-5)
+        q = towers.encode_queries(x["title_ids"], x["title_mask"])
+        assert torch.allclose(
+            q[1:2], towers.encode_queries(x["title_ids"][1:2], x["title_mask"][1:2]), atol=1e-5
+        )
