@@ -206,6 +206,9 @@ class FinetuneConfig:
     preset: str = "acebert"
     init_from: str | None = None  # a pretrained model directory; None = a fresh encoder from ``model``
     hot_queries: bool = True  # the product tower also reads the product's hot queries
+    # Share of training pairs whose product is shown without its hot queries, as a cold product (no
+    # train-day clicks) always is: without it the tower learns to lean on hot queries it will not have.
+    hot_query_dropout: float = 0.0
     embed_dim: int = 128
     pooling: str = "mean"  # mean (over every unpadded position) | cls
     gamma: float = 20.0  # softmax scale of the cosine similarity (eq. 4)

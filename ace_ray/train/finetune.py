@@ -25,6 +25,7 @@ import torch.distributed as dist
 from ace_ray import tracking
 from ace_ray.config import Workload, to_dict
 from ace_ray.data import feature_store as fs
+from ace_ray.data import text
 from ace_ray.data.batching import cached_finetune_batches, finetune_dataset, normalise_pixels
 from ace_ray.model.losses import bidirectional_softmax_loss, domain_loss, same_product_mask
 from ace_ray.model.towers import DomainClassifier, build_towers, reverse_gradient, save_towers
@@ -44,7 +45,20 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload) -> dict:
     if w.model.pixels:
         batch["pixels"] = torch.from_numpy(normalise_pixels(np.asarray(raw["pixels"][0])))
     batch["product_id"] = list(raw["product_id"][0])
+    if w.finetune.hot_queries and w.finetune.hot_query_dropout > 0:
+        drop_hot_queries(batch, w.finetune.hot_query_dropout, w.data.text)
     return batch
+
+
+def drop_hot_queries(batch: dict, share: float, text_cfg) -> None:
+    """Blank the hot queries of about ``share`` of the batch's rows (drawn from torch's RNG, which the
+    training loop seeds per batch), so those products are encoded from title and image alone."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"finetune.hot_query_dropout: expected a share in [0, 1], got {share}")
+    rows = torch.rand(len(batch["hot_ids"])) < share
+    blank = text.encode([""], batch["hot_ids"].shape[1], text_cfg.tokenizer)
+    batch["hot_ids"][rows] = torch.from_numpy(blank["input_ids"][0].astype(np.int64))
+    batch["hot_mask"][rows] = torch.from_numpy(blank["attention_mask"][0].astype(np.int64))
 
 
 def average_grads(module: torch.nn.Module, world: int) -> None:

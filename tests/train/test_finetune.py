@@ -68,3 +68,33 @@ def test_adversarial_game_is_played_and_logged(shop, tmp_path, mode):
     assert [phases[s] for s in range(1, 7)] == expected
     _, info = load_towers(res["model_dir"])
     assert info["hot_queries"]
+
+
+def test_hot_query_dropout_shows_a_share_of_products_as_cold_ones():
+    from ace_ray.config import TextConfig
+    from ace_ray.data import text
+    from ace_ray.train.finetune import drop_hot_queries
+
+    cfg = TextConfig()
+    hot = text.encode([f"red dress ; dress {i}" for i in range(400)], cfg.max_hot, cfg.tokenizer)
+    none = text.encode([""], cfg.max_hot, cfg.tokenizer)  # what a product without train-day clicks gets
+
+    def batch():
+        return {k: torch.from_numpy(hot[f].astype(np.int64)) for k, f in
+                (("hot_ids", "input_ids"), ("hot_mask", "attention_mask"))}  # fmt: skip
+
+    b = batch()
+    torch.manual_seed(0)
+    drop_hot_queries(b, 0.25, cfg)
+    blank = (b["hot_ids"] == torch.from_numpy(none["input_ids"][0].astype(np.int64))).all(1)
+    assert (b["hot_mask"][blank] == torch.from_numpy(none["attention_mask"][0].astype(np.int64))).all()
+    assert 0.18 < blank.float().mean() < 0.32
+    untouched = batch()
+    assert torch.equal(b["hot_ids"][~blank], untouched["hot_ids"][~blank])
+    # The same seed blanks the same rows (a resumed run repeats its batches exactly).
+    again = batch()
+    torch.manual_seed(0)
+    drop_hot_queries(again, 0.25, cfg)
+    assert torch.equal(again["hot_ids"], b["hot_ids"])
+    with pytest.raises(ValueError, match="hot_query_dropout"):
+        drop_hot_queries(batch(), 1.5, cfg)
