@@ -53,8 +53,6 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload) -> dict:
 def drop_hot_queries(batch: dict, share: float, text_cfg) -> None:
     """Blank the hot queries of about ``share`` of the batch's rows (drawn from torch's RNG, which the
     training loop seeds per batch), so those products are encoded from title and image alone."""
-    if not 0 <= share <= 1:
-        raise ValueError(f"finetune.hot_query_dropout: expected a share in [0, 1], got {share}")
     rows = torch.rand(len(batch["hot_ids"])) < share
     blank = text.encode([""], batch["hot_ids"].shape[1], text_cfg.tokenizer)
     batch["hot_ids"][rows] = torch.from_numpy(blank["input_ids"][0].astype(np.int64))
@@ -212,6 +210,10 @@ def run_finetune(w: Workload, run_name: str | None = None) -> dict:
     if ft.adversarial.mode not in MODES:
         raise ValueError(
             f"finetune.adversarial.mode: unknown mode {ft.adversarial.mode!r}; one of {', '.join(MODES)}"
+        )
+    if not 0 <= ft.hot_query_dropout <= 1:
+        raise ValueError(
+            f"finetune.hot_query_dropout: expected a share in [0, 1], got {ft.hot_query_dropout}"
         )
     ensure_ray(w.ray)
     # Workers run elsewhere: every path they read must be absolute.

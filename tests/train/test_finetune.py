@@ -71,7 +71,7 @@ def test_adversarial_game_is_played_and_logged(shop, tmp_path, mode):
 
 
 def test_hot_query_dropout_shows_a_share_of_products_as_cold_ones():
-    from ace_ray.config import TextConfig
+    from ace_ray.config import TextConfig, load_workload
     from ace_ray.data import text
     from ace_ray.train.finetune import drop_hot_queries
 
@@ -96,5 +96,6 @@ def test_hot_query_dropout_shows_a_share_of_products_as_cold_ones():
     torch.manual_seed(0)
     drop_hot_queries(again, 0.25, cfg)
     assert torch.equal(again["hot_ids"], b["hot_ids"])
+    # A share outside [0, 1] is refused before any worker starts.
     with pytest.raises(ValueError, match="hot_query_dropout"):
-        drop_hot_queries(batch(), 1.5, cfg)
+        run_finetune(load_workload(None, ["finetune.hot_query_dropout=1.5"]))
