@@ -37,7 +37,7 @@ def history(w, run_id: str, key: str) -> dict[int, float]:
 
 
 def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
-    w = workload(shop, tmp_path, "cebert", "finetune.train.epochs=4")
+    w = workload(shop, tmp_path, "cebert", "finetune.train.epochs=5")
     res = run_finetune(w)
     main = history(w, res["run_id"], "main")
     steps = sorted(main)
@@ -45,8 +45,7 @@ def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
     assert last < first - 0.5, (first, last)
     acc = history(w, res["run_id"], "inbatch_acc")
     early, late = np.mean([acc[s] for s in steps[:5]]), np.mean([acc[s] for s in steps[-5:]])
-    # Chance is 1/32 in a batch of 32; per-step accuracy over 5 steps is noisy, so twice chance and a rise.
-    assert late > max(2 / 32, early), (early, late)
+    assert late > max(3 / 32, early), (early, late)  # chance is 1/32 in a batch of 32
     run = mlflow.tracking.MlflowClient(tracking.tracking_uri(w)).get_run(res["run_id"])
     assert run.data.params["finetune.preset"] == "cebert" and run.data.tags["stage"] == "finetune"
     assert "samples_per_s" in run.data.metrics and "false_negatives" in run.data.metrics
