@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "mean and spread per cell, the matching-loss curves with and without adversarial learning "
                        "(Fig. 6) and embedding maps (Fig. 7). Settings are under reproduce.* .")  # fmt: skip
     p.add_argument("--data", dest="root", help="catalogue directory, validated (data.root)")
+    p.add_argument(
+        "--resume",
+        help="an earlier report directory: continue there, training only the rows and "
+        "seeds it lacks (reproduce.resume)",
+    )
     _common(p)
 
     p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
@@ -169,7 +174,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
              "seed": "data.synth.seed", "root": "data.root",
              "workers": {"pretrain": "pretrain.train.workers",
                          "finetune": "finetune.train.workers"}.get(args.command, "data.synth.workers"),
-             "init": "finetune.init_from",
+             "init": "finetune.init_from", "resume": "reproduce.resume",
              "backbone": "data.features.backbone",
              "out": "data.features.out" if args.command == "features" else "data.root"}  # fmt: skip
     out = [
@@ -182,7 +187,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _absolute_paths(args: argparse.Namespace) -> None:
     # Paths given on the command line are relative to where the user is, not to the workspace.
-    for name in ("out", "root", "init", "model"):
+    for name in ("out", "root", "init", "model", "resume"):
         if getattr(args, name, None):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
 

@@ -171,6 +171,9 @@ class PretrainConfig:
     mpm_weight: float = 1.0
     tip_weight: float = 1.0
     adaptive: bool = False  # FashionBERT's adaptive loss weights instead of the fixed ones
+    # Optimiser steps that train TIP alone before MLM and MPM join. Small models trained on all three from
+    # the start sit at TIP's 1:3 prior (MLM holds them there); a TIP-only start gets past it (README).
+    tip_warmup_steps: int = 0
     holdout: float = 0.1  # share of products kept out of training for the held-out metrics
     max_holdout: int = 256  # cap on held-out products (evaluated on rank 0)
     eval_every: int = 0  # optimiser steps between held-out evaluations; 0 = at the start and the end
@@ -243,6 +246,7 @@ class ReproduceConfig:
         "Table 4: fine-tuning additions": ["none", "hot_query", "adversarial"],
     })  # fmt: skip
     out: str = "reports"  # report directory, under the workspace
+    resume: str | None = None  # an earlier report directory: continue there, training only what is missing
 
 
 @dataclass

@@ -18,11 +18,12 @@ import mlflow
 import pandas as pd
 
 from ace_ray import tracking
-from ace_ray.config import Workload, with_overrides
+from ace_ray.config import ConfigError, Workload, with_overrides
 from ace_ray.data import feature_store as fs
 from ace_ray.data.features import build_features
 from ace_ray.eval import report
 from ace_ray.eval.evaluate import SUMMARY, run_evaluation
+from ace_ray.eval.ledger import Ledger
 from ace_ray.model.presets import preset_overrides
 from ace_ray.runtime import ensure_ray
 from ace_ray.train.finetune import run_finetune
@@ -50,14 +51,22 @@ def _history(w: Workload, run_id: str, key: str) -> pd.DataFrame:
 
 def reproduce(base: Workload) -> Path:
     """Train and evaluate every table row with every seed; write ``<reproduce.out>/<name>/report.md``."""
-    ensure_ray(base.ray)
     cfg = base.reproduce
-    out = base.path(cfg.out) / f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.resume:
+        out = base.path(cfg.resume)
+        if not out.is_dir():
+            raise ConfigError(f"reproduce.resume: no such report directory: {out}")
+    else:
+        out = base.path(cfg.out) / f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out, base, resume=bool(cfg.resume))
+    if ledger.runs:
+        print(f"[reproduce] resuming in {out}: {len(ledger.runs)} fine-tuning(s) and "
+              f"{len(ledger.pretrained)} pretraining(s) already done")  # fmt: skip
+    ensure_ray(base.ray)
     presets = list(dict.fromkeys(p for rows in cfg.tables.values() for p in rows))
     configs = {p: tuple(preset_overrides(p)) for p in presets}
-    pretrained: dict[tuple, str] = {}
-    runs: dict[tuple, dict] = {}  # (config, seed) -> finetune result + metrics
+    pretrained, runs = ledger.pretrained, ledger.runs  # (config, seed) -> finetune result + metrics
     rows = []
     t0 = time.perf_counter()
     for preset in presets:
@@ -71,7 +80,7 @@ def reproduce(base: Workload) -> Path:
                     pkey = tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
                     if pkey not in pretrained:
                         print(f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}")
-                        pretrained[pkey] = run_pretrain(w)["model_dir"]
+                        ledger.add_pretrain(pkey, run_pretrain(w)["model_dir"])
                     ws = with_overrides(ws, [f"finetune.init_from={pretrained[pkey]}"])
                 print(
                     f"\n[reproduce] {preset} seed {seed} ({time.perf_counter() - t0:.0f} s so far)",
@@ -81,8 +90,12 @@ def reproduce(base: Workload) -> Path:
                 ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), store, ws.data.test_days,
                                     dataclasses.replace(ws.eval, baselines=[]), out / f"{preset}-seed{seed}",
                                     name=preset)[preset]  # fmt: skip
-                runs[key] = {"run_id": res["run_id"], "metrics": ev, "eval_dir": out / f"{preset}-seed{seed}"}
-            rows.append({"method": preset, "seed": seed, **runs[key]["metrics"]})
+                ledger.add_run(
+                    key, {"run_id": res["run_id"], "metrics": ev, "eval_dir": out / f"{preset}-seed{seed}"}
+                )
+            rows.append(
+                {"method": preset, "seed": seed, "run_id": runs[key]["run_id"], **runs[key]["metrics"]}
+            )
     baseline = run_evaluation(None, base.path(base.data.root), _features(base), base.data.test_days, base.eval,
                               out / "baselines")  # fmt: skip
     for name, m in baseline.items():
@@ -162,5 +175,5 @@ def _how(w: Workload, counts: dict, seconds: float) -> str:
     return (f"Catalogue `{w.path(w.data.root)}`: {counts['catalogue']:,} products with features, "
             f"{counts['test_queries']:,} test queries, {counts['test_sessions']:,} test sessions "
             f"(last {w.data.test_days} days). Model init `{w.model.init}` ({w.model.layers} layers); seeds "
-            f"{list(w.reproduce.seeds)}; {seconds / 60:.1f} min in all. Cells are mean ± std over the seeds "
+            f"{list(w.reproduce.seeds)}; {seconds / 60:.1f} min {'in the last, resumed invocation' if w.reproduce.resume else 'in all'}. Cells are mean ± std over the seeds "
             f"(baselines: one run). Command: `ace-ray reproduce --workload workloads/{w.name}.yaml`.")  # fmt: skip

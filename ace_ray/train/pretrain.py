@@ -19,7 +19,7 @@ import ray.train.torch
 import torch
 
 from ace_ray import tracking
-from ace_ray.config import Workload, to_dict
+from ace_ray.config import ConfigError, Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.batching import normalise_pixels
@@ -73,10 +73,14 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload, seed: int) 
     return batch
 
 
-def weighted_loss(out: dict, w: Workload) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss: fixed weights, or FashionBERT's adaptive ones; and the weights used."""
+def weighted_loss(out: dict, w: Workload, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The total loss at optimiser step ``step``: TIP alone during ``pretrain.tip_warmup_steps``, then fixed
+    weights or FashionBERT's adaptive ones; and the weights used."""
     parts = {k: out[k] for k in LOSSES if k in out}
-    if w.pretrain.adaptive:
+    if step is not None and step < w.pretrain.tip_warmup_steps:
+        # zero weights rather than dropped losses: every parameter keeps a gradient, as DDP expects
+        weights = {k: float(k == "tip") for k in parts}
+    elif w.pretrain.adaptive:
         weights = {k: float(v) for k, v in adaptive_weights(parts, out["seq"]).items()}
     else:
         weights = {k: getattr(w.pretrain, f"{k}_weight") for k in parts}
@@ -153,7 +157,7 @@ def train_loop(config: dict) -> dict:
             sync = (pos.micro + 1) % tc.grad_accum == 0
             with worker.no_sync(model, sync), worker.autocast(device, tc.bf16):
                 out = model(batch)
-                loss, weights = weighted_loss(out, w)
+                loss, weights = weighted_loss(out, w, pos.step)
                 (loss / tc.grad_accum).backward()
             pos.micro += 1
             acc = float(((out["tip_logits"] > 0).float() == batch["label"]).float().mean())
@@ -238,6 +242,9 @@ def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
     counts = set_counts(set_path)
     use_gpu = runner.wants_gpu(tc)
     micro, total = plan_steps(w, counts["train"], tc.workers)
+    if not 0 <= w.pretrain.tip_warmup_steps < total:
+        raise ConfigError(f"pretrain.tip_warmup_steps={w.pretrain.tip_warmup_steps}: must be >= 0 and below "
+                          f"the run's {total} steps, or MLM and MPM never train")  # fmt: skip
     existing = tracking.find_run(w, "ray_run_name", run_name) if run_name else None
     name = runner.run_name("pretrain", run_name)
     with tracking.start_run(w, "pretrain", tags={"stage": "pretrain", "ray_run_name": name},

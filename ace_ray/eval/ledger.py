@@ -1,0 +1,93 @@
+"""What a ``reproduce`` run has finished, kept in its report directory so the run can be resumed there.
+
+A reproduction trains for hours; when it is interrupted, or widened afterwards (more tables, more seeds),
+``reproduce.resume=<report dir>`` continues in that directory and trains only what is missing. The
+directory holds the effective workload (``workload.yaml``; a resumed run must match it outside
+``reproduce.*`` and ``ray.*``) and one JSON line per finished pretraining or fine-tuning (``runs.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ace_ray.config import ConfigError, Workload, flatten, load_config, save_config, to_dict
+
+# Sections that may differ between the run and its resumption: what to reproduce, and where Ray runs.
+FREE = ("reproduce.", "ray.")
+
+
+def _settings(data: dict) -> dict:
+    return {k: v for k, v in flatten(data).items() if not k.startswith(FREE)}
+
+
+class Ledger:
+    """Finished pretrainings (image input x loss weighting -> model directory) and fine-tunings
+    ((preset overrides, seed) -> run id, metrics, evaluation directory) of one report directory."""
+
+    def __init__(self, out: Path, workload: Workload, resume: bool):
+        self.out, self.path = out, out / "runs.jsonl"
+        self.pretrained: dict[tuple, str] = {}
+        self.runs: dict[tuple, dict] = {}
+        saved = out / "workload.yaml"
+        if resume:
+            if not saved.is_file():
+                raise ConfigError(
+                    f"reproduce.resume: {out} has no workload.yaml; it is not a reproduce directory"
+                )
+            # Loaded as a Workload, so settings added to ace-ray since then read as their defaults.
+            self._check_same(to_dict(load_config(Workload, saved)), to_dict(workload), saved)
+            self._load()
+        save_config(workload, saved)
+
+    @staticmethod
+    def _check_same(before: dict, now: dict, saved: Path) -> None:
+        a, b = _settings(before), _settings(now)
+        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if diff:
+            shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff[:5])
+            raise ConfigError(f"reproduce.resume: the workload differs from {saved} in {len(diff)} setting(s): "
+                              f"{shown}; only reproduce.* and ray.* may change")  # fmt: skip
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        for n, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if n == len(lines):  # cut short by the interruption: that run is simply done again
+                    print(f"[reproduce] {self.path}:{n}: incomplete last entry ignored")
+                    continue
+                raise ConfigError(f"{self.path}:{n}: not a JSON entry ({exc})") from exc
+            if entry.get("kind") == "pretrain":
+                if Path(entry["model_dir"]).is_dir():
+                    self.pretrained[tuple(entry["key"])] = entry["model_dir"]
+                else:
+                    print(
+                        f"[reproduce] {self.path}:{n}: {entry['model_dir']} is gone; that pretraining is redone"
+                    )
+            elif entry.get("kind") == "finetune":
+                run = {
+                    "run_id": entry["run_id"],
+                    "metrics": entry["metrics"],
+                    "eval_dir": Path(entry["eval_dir"]),
+                }
+                self.runs[(tuple(entry["config"]), entry["seed"])] = run
+            else:
+                raise ConfigError(f"{self.path}:{n}: unknown entry kind {entry.get('kind')!r}")
+
+    def _append(self, entry: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def add_pretrain(self, key: tuple, model_dir: str) -> None:
+        self.pretrained[key] = model_dir
+        self._append({"kind": "pretrain", "key": list(key), "model_dir": str(model_dir)})
+
+    def add_run(self, key: tuple, run: dict) -> None:
+        self.runs[key] = run
+        config, seed = key
+        self._append({"kind": "finetune", "config": list(config), "seed": seed, "run_id": run["run_id"],
+                      "metrics": {k: float(v) for k, v in run["metrics"].items()}, "eval_dir": str(run["eval_dir"])})  # fmt: skip

@@ -1,0 +1,82 @@
+"""``ace-ray reproduce`` end to end on a small shop (real Ray Train runs, MLflow, evaluation), then resumed
+in its directory with one more table: only the missing row trains. The ledger's failure modes are tested
+directly."""
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from ace_ray import tracking
+from ace_ray.config import ConfigError, with_overrides
+from ace_ray.eval.ledger import Ledger
+from ace_ray.eval.reproduce import reproduce
+
+pytestmark = pytest.mark.ray
+
+
+def _workload(featurised_shop, tmp_path, *extra):
+    w, root, _ = featurised_shop
+    return with_overrides(w, [
+        f"workspace={tmp_path}", "data.batches.batch_size=32", "data.batches.partitions=4",
+        "pretrain.train.workers=1", "pretrain.train.max_steps=3", "pretrain.train.batch_size=48",
+        "finetune.train.workers=1", "finetune.train.max_steps=4", "finetune.train.log_every=2",
+        "finetune.adversarial.encoder_steps=1", "eval.baselines=[random, bm25]", "eval.map_points=200",
+        "reproduce.seeds=[0]", *extra,
+    ])  # fmt: skip
+
+
+def _stages(w) -> list[str]:
+    client = mlflow.tracking.MlflowClient(tracking.tracking_uri(w))
+    exp = client.get_experiment_by_name(w.tracking.experiment)
+    return [r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])]
+
+
+def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(featurised_shop, tmp_path):
+    w = _workload(featurised_shop, tmp_path, 'reproduce.tables={"Table 4": [hot_query, adversarial]}')
+    report = reproduce(w)
+    out = report.parent
+    text = report.read_text()
+    assert "## Table 4" in text and "Fig. 6" in text and "Fig. 7" in text
+    assert (out / "fig6_matching_loss.png").stat().st_size > 10_000
+    assert len(list(out.glob("fig7_embedding_map_*.png"))) == 2
+    first = pd.read_csv(out / "results.csv")
+    assert set(first["method"]) == {"hot_query", "adversarial", "random", "bm25"}
+    assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 2  # one shared pretraining
+
+    # Widen it: Table 1's TwinBERT row is added; the Table 4 rows are read back, not trained again.
+    widened = _workload(featurised_shop, tmp_path, f"reproduce.resume={out}",
+                        'reproduce.tables={"Table 4": [hot_query, adversarial], "Table 1": [twinbert]}')  # fmt: skip
+    assert reproduce(widened) == report
+    second = pd.read_csv(out / "results.csv")
+    assert set(second["method"]) == {"hot_query", "adversarial", "twinbert", "random", "bm25"}
+    assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 3
+    for method in ("hot_query", "adversarial"):
+        before, after = (r.set_index("method").loc[method] for r in (first, second))
+        assert before["run_id"] == after["run_id"] and before["recall@100"] == after["recall@100"]
+    assert "## Table 1" in report.read_text()
+
+    # Anything but reproduce.* / ray.* changed: refused, naming the setting.
+    with pytest.raises(ConfigError, match="model.layers"):
+        reproduce(with_overrides(widened, ["model.layers=1"]))
+
+
+def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_shop, tmp_path):
+    w = featurised_shop[0]
+    ledger = Ledger(tmp_path, w, resume=False)
+    ledger.add_pretrain(("True", "True", "True", "False"), str(tmp_path))
+    ledger.add_pretrain(("False", "True", "False", "True"), str(tmp_path / "deleted"))
+    ledger.add_run((("a=1",), 0), {"run_id": "r0", "metrics": {"gauc": 0.6}, "eval_dir": tmp_path})
+    with ledger.path.open("a") as f:
+        f.write('{"kind": "finetune", "config": ["a=1"], "se')  # the process died mid-write
+    again = Ledger(tmp_path, w, resume=True)
+    assert list(again.runs) == [(("a=1",), 0)] and again.runs[(("a=1",), 0)]["metrics"] == {"gauc": 0.6}
+    assert list(again.pretrained) == [("True", "True", "True", "False")]  # its model directory is gone
+    lines = ledger.path.read_text().splitlines()
+    ledger.path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"runs.jsonl:2"):
+        Ledger(tmp_path, w, resume=True)
+    assert json.loads(lines[2])["run_id"] == "r0"
+    with pytest.raises(ConfigError, match="not a reproduce directory"):
+        Ledger(tmp_path / "elsewhere", w, resume=True)
