@@ -144,6 +144,7 @@ def evaluate(workload: Workload, model_dir: str | Path | None = None, run_id: st
     import tempfile
 
     from ace_ray.eval.evaluate import run_evaluation, summary_table
+    from ace_ray.model.encoder import read_info
 
     ensure_ray(workload.ray)
     root = workload.path(workload.data.root)
@@ -153,8 +154,10 @@ def evaluate(workload: Workload, model_dir: str | Path | None = None, run_id: st
             model_dir = tracking.download_model(workload, run_id, tmp)
         tags = {"stage": "evaluate", "model_run_id": run_id or "", "model_dir": str(model_dir or "")}
         with tracking.start_run(workload, "evaluate", tags=tags):
+            # Named for the preset the model was fine-tuned with, not the workload's default.
+            name = read_info(model_dir).get("preset", "model") if model_dir else "model"
             res = run_evaluation(model_dir, root, fs.for_workload(workload), workload.data.test_days,
-                                 workload.eval, out, name=workload.finetune.preset if model_dir else "model")  # fmt: skip
+                                 workload.eval, out, name=name)  # fmt: skip
             flat = {f"{m}/{k.replace('@', '_at_')}": v for m, d in res.items() if not m.startswith("_")
                     for k, v in d.items()}  # fmt: skip
             tracking.log_metrics({**flat, **res["_counts"]})

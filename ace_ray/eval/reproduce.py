@@ -172,8 +172,9 @@ def _figures(base: Workload, runs: dict, configs: dict, seed: int, out: Path) ->
 
 
 def _how(w: Workload, counts: dict, seconds: float) -> str:
+    span = "in the last, resumed invocation" if w.reproduce.resume else "in all"
     return (f"Catalogue `{w.path(w.data.root)}`: {counts['catalogue']:,} products with features, "
             f"{counts['test_queries']:,} test queries, {counts['test_sessions']:,} test sessions "
             f"(last {w.data.test_days} days). Model init `{w.model.init}` ({w.model.layers} layers); seeds "
-            f"{list(w.reproduce.seeds)}; {seconds / 60:.1f} min {'in the last, resumed invocation' if w.reproduce.resume else 'in all'}. Cells are mean ± std over the seeds "
+            f"{list(w.reproduce.seeds)}; {seconds / 60:.1f} min {span}. Cells are mean ± std over the seeds "
             f"(baselines: one run). Command: `ace-ray reproduce --workload workloads/{w.name}.yaml`.")  # fmt: skip

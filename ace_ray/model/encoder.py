@@ -167,14 +167,20 @@ def save_model(encoder: CEBert, heads: nn.Module | None, out: str | Path, tokeni
     return out
 
 
+def read_info(path: str | Path) -> dict:
+    """A saved model directory's ``ace_ray.json`` (task, preset, layout), without loading the weights."""
+    path = Path(path)
+    if not (path / META_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not an ace-ray model directory (no {META_FILE})")
+    return json.loads((path / META_FILE).read_text())
+
+
 def load_model(path: str | Path) -> tuple[CEBert, dict[str, torch.Tensor], dict]:
     """A saved model directory -> (encoder, the heads' state dict, its ace_ray.json)."""
     from transformers import BertModel
 
     path = Path(path)
-    if not (path / META_FILE).is_file():
-        raise FileNotFoundError(f"{path}: not an ace-ray model directory (no {META_FILE})")
-    info = json.loads((path / META_FILE).read_text())
+    info = read_info(path)
     cfg = ModelConfig(**info["model"])
     tok = text.load_tokenizer(str(path))
     # Fine-tuned towers pool for themselves and were saved without BERT's pooler.
