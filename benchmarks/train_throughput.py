@@ -51,7 +51,7 @@ def bare_loop(w, set_path: Path, manifest: fs.FeatureManifest, steps: int) -> fl
     for step in range(steps + 1):
         chunk = df.iloc[(step * size) % (len(df) - size) :][:size]
         batch = make_batch({c: chunk[c].to_numpy() for c in chunk.columns}, manifest, w, step)
-        loss, _ = weighted_loss(model(batch), w)
+        loss, _ = weighted_loss(model(batch), w, step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
         opt.step()

@@ -26,7 +26,7 @@ class Ledger:
     ((preset overrides, seed) -> run id, metrics, evaluation directory) of one report directory."""
 
     def __init__(self, out: Path, workload: Workload, resume: bool):
-        self.out, self.path = out, out / "runs.jsonl"
+        self.path = out / "runs.jsonl"
         self.pretrained: dict[tuple, str] = {}
         self.runs: dict[tuple, dict] = {}
         saved = out / "workload.yaml"

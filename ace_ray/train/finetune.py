@@ -12,6 +12,7 @@ share of the gradient reversed). D is small and is not wrapped in DDP: its gradi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -50,13 +51,20 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload) -> dict:
     return batch
 
 
+@functools.lru_cache(maxsize=4)
+def _cold_hot_queries(length: int, tokenizer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the hot-query segment of a product without train-day clicks, encoded once."""
+    blank = text.encode([text.join_hot_queries([])], length, tokenizer)
+    return tuple(torch.from_numpy(blank[k][0].astype(np.int64)) for k in ("input_ids", "attention_mask"))
+
+
 def drop_hot_queries(batch: dict, share: float, text_cfg) -> None:
     """Blank the hot queries of about ``share`` of the batch's rows (drawn from torch's RNG, which the
     training loop seeds per batch), so those products are encoded from title and image alone."""
     rows = torch.rand(len(batch["hot_ids"])) < share
-    blank = text.encode([""], batch["hot_ids"].shape[1], text_cfg.tokenizer)
-    batch["hot_ids"][rows] = torch.from_numpy(blank["input_ids"][0].astype(np.int64))
-    batch["hot_mask"][rows] = torch.from_numpy(blank["attention_mask"][0].astype(np.int64))
+    ids, mask = _cold_hot_queries(batch["hot_ids"].shape[1], text_cfg.tokenizer)
+    batch["hot_ids"][rows] = ids
+    batch["hot_mask"][rows] = mask
 
 
 def average_grads(module: torch.nn.Module, world: int) -> None:

@@ -73,11 +73,11 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload, seed: int) 
     return batch
 
 
-def weighted_loss(out: dict, w: Workload, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def weighted_loss(out: dict, w: Workload, step: int) -> tuple[torch.Tensor, dict[str, float]]:
     """The total loss at optimiser step ``step``: TIP alone during ``pretrain.tip_warmup_steps``, then fixed
     weights or FashionBERT's adaptive ones; and the weights used."""
     parts = {k: out[k] for k in LOSSES if k in out}
-    if step is not None and step < w.pretrain.tip_warmup_steps:
+    if step < w.pretrain.tip_warmup_steps:
         # zero weights rather than dropped losses: every parameter keeps a gradient, as DDP expects
         weights = {k: float(k == "tip") for k in parts}
     elif w.pretrain.adaptive:
