@@ -1,7 +1,10 @@
 """Typed configs: dataclasses loaded from YAML with dotted ``key=value`` overrides.
 
-Every field is checked against its annotation; an unknown key or a wrong type is a ``ConfigError`` that
-names the dotted key, so a typo in a sweep fails at once instead of silently training the default.
+Every field is checked against its annotation and its valid range or choices (``_f(default, ge=1)``); an
+unknown key, a wrong type or an out-of-range value is a ``ConfigError`` that names the dotted key, so a typo
+in a sweep fails at once instead of silently training the default. Every key has an effect: a setting one
+stage does not use is not in that stage's section (fine-tuning's batch size is ``data.batches.batch_size``,
+so ``finetune.train`` has none).
 """
 
 from __future__ import annotations
@@ -24,69 +27,119 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the typed schema."""
 
 
+def _check(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    """Range and choice checks from a field's metadata (``ge``, ``gt``, ``le``, ``lt``, ``choices``,
+    ``nonempty``, ``date``); lists are checked item by item."""
+    if value is None:
+        return
+    if isinstance(value, list):
+        if meta.get("nonempty") and not value:
+            raise ConfigError(f"{key}: must not be empty")
+        for i, v in enumerate(value):
+            _check(f"{key}[{i}]", v, {k: m for k, m in meta.items() if k != "nonempty"})
+        return
+    bounds = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))  # fmt: skip
+    for name, ok, sign in bounds:
+        if name in meta and not ok(value, meta[name]):
+            raise ConfigError(f"{key}: must be {sign} {meta[name]}, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
+    if meta.get("nonempty") and not str(value).strip():
+        raise ConfigError(f"{key}: must not be empty")
+    if meta.get("date"):
+        import datetime as dt
+
+        try:
+            dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise ConfigError(f"{key}: expected an ISO date (YYYY-MM-DD), got {value!r}") from None
+
+
+def _f(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A dataclass field with its valid range or choices (checked by ``from_dict``)."""
+    return field(default=default, default_factory=factory, metadata=meta)
+
+
 @dataclass
 class SynthConfig:
     """The embedded synthetic shop (``ace-ray synth``)."""
 
-    products: int = 5000
-    days: int = 14
-    sessions: int = 2000  # query sessions per day
+    products: int = _f(5000, ge=1)
+    days: int = _f(14, ge=1)
+    sessions: int = _f(2000, ge=1)  # query sessions per day
     seed: int = 0
-    list_size: int = 10  # products shown per session
-    image_size: int = 224
-    shard_size: int = 500  # products per Ray task; fixed so output does not depend on worker count
-    workers: int = 0  # concurrent Ray tasks; 0 = as many as Ray has CPUs
-    start_date: str = "2026-01-01"
+    list_size: int = _f(10, ge=1)  # products shown per session
+    image_size: int = _f(224, ge=16)
+    shard_size: int = _f(500, ge=1)  # products per Ray task; fixed so output does not depend on worker count
+    workers: int = _f(0, ge=0)  # concurrent Ray tasks; 0 = as many as Ray has CPUs
+    start_date: str = _f("2026-01-01", date=True)
 
 
 @dataclass
 class ClickModelConfig:
     """How simulated users query, see ranked lists and click."""
 
-    zipf_exponent: float = 1.05  # query intent popularity
-    intents_per_product: float = 0.25  # size of the intent pool relative to the catalogue
-    candidates: int = 60  # products the shop's current ranker scores per session
-    off_category_share: float = 0.2  # share of candidates drawn from outside the intent's category
-    position_decay: float = 0.7  # examination probability = 1 / (position + 1) ** decay
-    base_ctr: float = 0.6
-    attribute_mismatch: float = 0.12  # relevance factor per intent attribute the product lacks
-    typo_rate: float = 0.05
-    reorder_rate: float = 0.25
+    zipf_exponent: float = _f(1.05, gt=0)  # query intent popularity
+    intents_per_product: float = _f(0.25, gt=0)  # size of the intent pool relative to the catalogue
+    candidates: int = _f(60, ge=1)  # products the shop's current ranker scores per session
+    off_category_share: float = _f(
+        0.2, ge=0, le=1
+    )  # share of candidates drawn from outside the intent's category
+    position_decay: float = _f(0.7, ge=0)  # examination probability = 1 / (position + 1) ** decay
+    base_ctr: float = _f(0.6, gt=0, le=1)
+    attribute_mismatch: float = _f(
+        0.12, ge=0, le=1
+    )  # relevance factor per intent attribute the product lacks
+    typo_rate: float = _f(0.05, ge=0, le=1)
+    reorder_rate: float = _f(0.25, ge=0, le=1)
 
 
 @dataclass
 class RoiConfig:
     """Edge-detection RoI; the defaults suit product photos on plain or textured backgrounds."""
 
-    work_size: int = 256  # detection runs on the image scaled to this longest side
-    blur: int = 5
-    canny_low: int = 30
-    canny_high: int = 80
-    close: int = 7  # closing kernel: joins a product's edges into one contour
-    min_share: float = 0.35  # contours under this share of the largest are clutter, not the product
-    min_box: float = 0.02  # a box under this share of the frame is noise: fall back to the whole image
-    margin: float = 0.0  # grow the box by this share of the frame on each side
+    work_size: int = _f(256, ge=16)  # detection runs on the image scaled to this longest side
+    blur: int = _f(5, choices=tuple(range(1, 32, 2)))  # Gaussian kernel: odd
+    canny_low: int = _f(30, ge=0)
+    canny_high: int = _f(80, ge=0)
+    close: int = _f(7, ge=1)  # closing kernel: joins a product's edges into one contour
+    min_share: float = _f(
+        0.35, ge=0, le=1
+    )  # contours under this share of the largest are clutter, not the product
+    min_box: float = _f(
+        0.02, ge=0, le=1
+    )  # a box under this share of the frame is noise: fall back to the whole image
+    margin: float = _f(0.0, ge=0, lt=0.5)  # grow the box by this share of the frame on each side
 
 
 @dataclass
 class FeaturesConfig:
     """Image features (``ace-ray features``): RoI patch features from a CNN, and raw pixel patches."""
 
-    backbone: str = "efficientnet-lite0"  # packaged weights, an HF vision model id, or a local directory
+    backbone: str = _f(
+        "efficientnet-lite0", nonempty=True
+    )  # packaged weights, an HF vision model id, or a local directory
     roi: bool = True  # False: FashionBERT-style grid patches of the whole image
-    grid: int = 4  # patches per side: grid*grid RoI patch features
-    cnn_input: int = 224
-    pixel_size: int = 224
-    pixel_patch: int = 32
-    max_side: int = 2048  # larger images are decoded at a reduced scale
-    min_side: int = 8  # smaller images are quarantined
-    batch_size: int = 32
-    cnn_actors: int = 0  # CNN actor pool size; 0 = one per cnn_cpus of the cluster, less the decode share
-    cnn_cpus: float = 0.75  # fractional: on small machines two single-thread actors beat one two-thread one
-    cnn_gpus: float = 0.0  # per actor; 0 = use a GPU when the cluster has one
-    decode_cpus: float = 0.25
-    write_cpus: float = 0.25
-    inflight_mb: int = 1024  # Ray object store the pipeline may fill; memory stays flat with catalogue size
+    grid: int = _f(4, ge=1)  # patches per side: grid*grid RoI patch features
+    cnn_input: int = _f(224, ge=32)
+    pixel_size: int = _f(224, ge=1)
+    pixel_patch: int = _f(32, ge=1)
+    max_side: int = _f(2048, ge=8)  # larger images are decoded at a reduced scale
+    min_side: int = _f(8, ge=1)  # smaller images are quarantined
+    batch_size: int = _f(32, ge=1)
+    cnn_actors: int = _f(
+        0, ge=0
+    )  # CNN actor pool size; 0 = one per cnn_cpus of the cluster, less the decode share
+    cnn_cpus: float = _f(
+        0.75, gt=0
+    )  # fractional: on small machines two single-thread actors beat one two-thread one
+    cnn_gpus: float = _f(0.0, ge=0)  # per actor; 0 = use a GPU when the cluster has one
+    decode_cpus: float = _f(0.25, gt=0)
+    write_cpus: float = _f(0.25, gt=0)
+    inflight_mb: int = _f(
+        1024, ge=1
+    )  # Ray object store the pipeline may fill; memory stays flat with catalogue size
     out: str | None = None  # feature store root; default <data.root>/features
     roi_params: RoiConfig = field(default_factory=RoiConfig)
 
@@ -95,29 +148,33 @@ class FeaturesConfig:
 class TextConfig:
     """Tokenisation: the backbone's tokenizer (the packaged MiniLM one by default) and segment lengths."""
 
-    tokenizer: str = "minilm"  # packaged all-MiniLM-L6-v2, an HF model id, or a local directory
-    max_query: int = 16
-    max_title: int = 32
-    max_hot: int = 48  # all hot queries of a product together
-    hot_k: int = 10
+    tokenizer: str = _f(
+        "minilm", nonempty=True
+    )  # packaged all-MiniLM-L6-v2, an HF model id, or a local directory
+    max_query: int = _f(16, ge=3)  # [CLS] at least one token [SEP]
+    max_title: int = _f(32, ge=3)
+    max_hot: int = _f(48, ge=3)  # all hot queries of a product together
+    hot_k: int = _f(10, ge=1)
 
 
 @dataclass
 class BatchConfig:
     """Mini-batches: mixed negative sampling for fine-tuning (paper 4.3) and the pretraining pairs."""
 
-    batch_size: int = 64
-    partitions: int = 100  # P: 1 = batches of one category (hard negatives), large = random batches
+    batch_size: int = _f(64, ge=2)  # in-batch negatives need a second pair
+    partitions: int = _f(100, ge=1)  # P: 1 = batches of one category (hard negatives), large = random batches
     seed: int = 0
-    negatives_per_positive: int = 3  # pretraining (title, image) pairs: 1 positive : 3 shuffled negatives
+    negatives_per_positive: int = _f(
+        3, ge=1
+    )  # pretraining (title, image) pairs: 1 positive : 3 shuffled negatives
 
 
 @dataclass
 class DataConfig:
     """Where the catalogue lives and how its days are split."""
 
-    root: str = "data/shop"
-    test_days: int = 2  # the last N days are the test days; training never reads their clicks
+    root: str = _f("data/shop", nonempty=True)
+    test_days: int = _f(2, ge=0)  # the last N days are the test days; training never reads their clicks
     synth: SynthConfig = field(default_factory=SynthConfig)
     clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -129,92 +186,107 @@ class DataConfig:
 class ModelConfig:
     """The CE-BERT encoder: a HF BERT fed through ``inputs_embeds`` with image segments added."""
 
-    init: str = "minilm"  # packaged MiniLM, an HF BERT directory or hub id, or "random"
-    layers: int = 4  # keep the first N transformer layers of ``init`` (0 = all)
-    size: str = "tiny"  # init=random only: tiny | small | base (see ace_ray.model.encoder.SIZES)
+    init: str = _f("minilm", nonempty=True)  # packaged MiniLM, an HF BERT directory or hub id, or "random"
+    layers: int = _f(4, ge=0)  # keep the first N transformer layers of ``init`` (0 = all)
+    size: str = _f(
+        "tiny", choices=("tiny", "small", "base")
+    )  # init=random only: tiny | small | base (see ace_ray.model.encoder.SIZES)
     patches: bool = True  # RoI (or grid) patch features segment
     pixels: bool = True  # raw pixel patches segment
-    dropout: float = 0.1
+    dropout: float = _f(0.1, ge=0, lt=1)
 
 
 @dataclass
 class TrainConfig:
     """Ray Train: workers, optimiser, schedule, checkpoints, fault tolerance."""
 
-    workers: int = 2
-    cpus_per_worker: float = 1.0  # leave the Ray Data stream CPUs too, or it waits forever (ray.num_cpus)
+    workers: int = _f(2, ge=1)
+    cpus_per_worker: float = _f(
+        1.0, gt=0
+    )  # leave the Ray Data stream CPUs too, or it waits forever (ray.num_cpus)
     use_gpu: bool | None = None  # None = when the cluster has GPUs (then one per worker, NCCL, bf16)
-    torch_threads: int = 0  # 0 = cpus_per_worker rounded up
-    epochs: int = 1
-    max_steps: int = 0  # optimiser steps; 0 = as many as the epochs give
-    batch_size: int = 32  # examples per worker per micro-batch
-    grad_accum: int = 1
-    lr: float = 2e-5
-    warmup_steps: int = 10000
-    weight_decay: float = 0.01
-    clip: float = 1.0  # max gradient norm; 0 = off
-    checkpoint_every: int = 100  # optimiser steps
-    keep_checkpoints: int = 2  # the K best by loss; the latest is always kept too
-    max_failures: int = 2  # worker-group restarts from the latest checkpoint
-    log_every: int = 10
+    torch_threads: int = _f(0, ge=0)  # 0 = cpus_per_worker rounded up
+    epochs: int = _f(1, ge=1)
+    max_steps: int = _f(0, ge=0)  # optimiser steps; 0 = as many as the epochs give
+    grad_accum: int = _f(1, ge=1)
+    lr: float = _f(2e-5, gt=0)
+    warmup_steps: int = _f(10000, ge=0)
+    weight_decay: float = _f(0.01, ge=0)
+    clip: float = _f(1.0, ge=0)  # max gradient norm; 0 = off
+    checkpoint_every: int = _f(100, ge=1)  # optimiser steps
+    keep_checkpoints: int = _f(2, ge=1)  # the K best by loss; the latest is always kept too
+    max_failures: int = _f(2, ge=-1)  # worker-group restarts from the latest checkpoint
+    log_every: int = _f(10, ge=1)
     seed: int = 0
     bf16: bool = True  # autocast on GPU
+
+
+@dataclass
+class PretrainTrainConfig(TrainConfig):
+    """Pretraining's Ray Train settings: those of ``TrainConfig`` plus the micro-batch size. (Fine-tuning
+    has none: its batches are planned ahead, ``data.batches.batch_size``.)"""
+
+    batch_size: int = _f(32, ge=2)  # (title, image) pairs per worker per micro-batch
 
 
 @dataclass
 class PretrainConfig:
     """CE-BERT pretraining (paper 2.2): MLM + masked patch modelling (KL) + text-image match."""
 
-    mlm_prob: float = 0.15
-    mpm_prob: float = 0.15
-    mlm_weight: float = 1.0
-    mpm_weight: float = 1.0
-    tip_weight: float = 1.0
+    mlm_prob: float = _f(0.15, gt=0, lt=1)
+    mpm_prob: float = _f(0.15, gt=0, lt=1)
+    mlm_weight: float = _f(1.0, ge=0)
+    mpm_weight: float = _f(1.0, ge=0)
+    tip_weight: float = _f(1.0, ge=0)
     adaptive: bool = False  # FashionBERT's adaptive loss weights instead of the fixed ones
     # Optimiser steps that train TIP alone before MLM and MPM join. Small models trained on all three from
     # the start sit at TIP's 1:3 prior (MLM holds them there); a TIP-only start gets past it (README).
-    tip_warmup_steps: int = 0
-    holdout: float = 0.1  # share of products kept out of training for the held-out metrics
-    max_holdout: int = 256  # cap on held-out products (evaluated on rank 0)
-    eval_every: int = 0  # optimiser steps between held-out evaluations; 0 = at the start and the end
-    train: TrainConfig = field(default_factory=TrainConfig)
+    tip_warmup_steps: int = _f(0, ge=0)
+    holdout: float = _f(0.1, ge=0, lt=1)  # share of products kept out of training for the held-out metrics
+    max_holdout: int = _f(256, ge=0)  # cap on held-out products (evaluated on rank 0)
+    eval_every: int = _f(
+        0, ge=0
+    )  # optimiser steps between held-out evaluations; 0 = at the start and the end
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
 
 
 @dataclass
 class AdversarialConfig:
     """The domain classifier D on the embeddings (paper 3.3, eq. 6-8) and how the minimax game is played."""
 
-    mode: str = "none"  # none | alternating (k encoder steps with D frozen, then D steps) | grl
-    weight: float = 0.1  # lambda: the encoder minimises L_main - lambda * L_adv
-    encoder_steps: int = 5  # k
-    disc_steps: int = 1
-    disc_lr: float = 1e-3
-    disc_hidden: int = 128
+    mode: str = _f(
+        "none", choices=("none", "alternating", "grl")
+    )  # none | alternating (k encoder steps with D frozen, then D steps) | grl
+    weight: float = _f(0.1, ge=0)  # lambda: the encoder minimises L_main - lambda * L_adv
+    encoder_steps: int = _f(5, ge=1)  # k
+    disc_steps: int = _f(1, ge=1)
+    disc_lr: float = _f(1e-3, gt=0)
+    disc_hidden: int = _f(128, ge=1)
 
 
 @dataclass
 class DistillConfig:
     """Query-tower distillation (paper 4.7): a student with fewer layers learns the teacher's query embeddings."""
 
-    layers: int = 2
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = 256
+    layers: int = _f(2, ge=1)
+    epochs: int = _f(2, ge=1)
+    lr: float = _f(1e-3, gt=0)
+    batch_size: int = _f(256, ge=2)
 
 
 @dataclass
 class FinetuneConfig:
     """Two-tower fine-tuning (paper 3): a preset names the variant (see ``ace_ray.model.presets``)."""
 
-    preset: str = "acebert"
+    preset: str = _f("acebert", nonempty=True)
     init_from: str | None = None  # a pretrained model directory; None = a fresh encoder from ``model``
     hot_queries: bool = True  # the product tower also reads the product's hot queries
     # Share of training pairs whose product is shown without its hot queries, as a cold product (no
     # train-day clicks) always is: without it the tower learns to lean on hot queries it will not have.
-    hot_query_dropout: float = 0.0
-    embed_dim: int = 128
-    pooling: str = "mean"  # mean (over every unpadded position) | cls
-    gamma: float = 20.0  # softmax scale of the cosine similarity (eq. 4)
+    hot_query_dropout: float = _f(0.0, ge=0, le=1)
+    embed_dim: int = _f(128, ge=1)
+    pooling: str = _f("mean", choices=("mean", "cls"))  # mean (over every unpadded position) | cls
+    gamma: float = _f(20.0, gt=0)  # softmax scale of the cosine similarity (eq. 4)
     mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -225,27 +297,31 @@ class FinetuneConfig:
 class EvalConfig:
     """Offline evaluation (paper 4.2): GAUC on the test days' sessions, Recall@K over the whole catalogue."""
 
-    ks: list[int] = field(default_factory=lambda: [10, 50, 100])
-    index: str = "hnsw"  # the ANN index the service would use: hnsw | ivf (compared against exact search)
-    hnsw_m: int = 32
-    ef_search: int = 128
-    baselines: list[str] = field(default_factory=lambda: ["random", "bm25", "minilm"])
-    batch_size: int = 128  # products per embedding batch
-    embed_actors: int = 0  # Ray Data actors embedding the catalogue; 0 = one per 2 cluster CPUs
-    map_points: int = 2000  # points per side in the 2-D embedding map
+    ks: list[int] = _f(factory=lambda: [10, 50, 100], ge=1, nonempty=True)
+    index: str = _f(
+        "hnsw", choices=("hnsw", "ivf")
+    )  # the ANN index the service would use: hnsw | ivf (compared against exact search)
+    hnsw_m: int = _f(32, ge=2)
+    ef_search: int = _f(128, ge=1)
+    baselines: list[str] = _f(
+        factory=lambda: ["random", "bm25", "minilm"], choices=("random", "bm25", "minilm")
+    )
+    batch_size: int = _f(128, ge=1)  # products per embedding batch
+    embed_actors: int = _f(0, ge=0)  # Ray Data actors embedding the catalogue; 0 = one per 2 cluster CPUs
+    map_points: int = _f(2000, ge=0)  # points per side in the 2-D embedding map
 
 
 @dataclass
 class ReproduceConfig:
     """``ace-ray reproduce``: the paper's tables, each row a preset, fine-tuned with several seeds."""
 
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = _f(factory=lambda: [0, 1, 2], nonempty=True)
     tables: dict[str, list[str]] = field(default_factory=lambda: {
         "Table 1: compared models": ["twinbert", "fashionbert", "cebert", "acebert"],
         "Table 3: image input": ["patch", "roi_patch", "roi_patch_pixel"],
         "Table 4: fine-tuning additions": ["none", "hot_query", "adversarial"],
     })  # fmt: skip
-    out: str = "reports"  # report directory, under the workspace
+    out: str = _f("reports", nonempty=True)  # report directory, under the workspace
     resume: str | None = None  # an earlier report directory: continue there, training only what is missing
 
 
@@ -254,11 +330,11 @@ class RayConfig:
     """Joining a cluster (``address`` or ``RAY_ADDRESS``) or starting a local Ray."""
 
     address: str | None = None
-    num_cpus: int | None = None  # local Ray only; None = all cores, but at least min_cpus
+    num_cpus: int | None = _f(None, ge=1)  # local Ray only; None = all cores, but at least min_cpus
     # Logical CPUs a local Ray gets at least: on a 2-core machine two 1-CPU Train workers would otherwise
     # leave the Ray Data stream a budget of 0 CPUs, and the run would wait forever.
-    min_cpus: int = 4
-    storage_path: str = "runs"  # Ray Train/Tune results; a shared path or URI on a cluster
+    min_cpus: int = _f(4, ge=1)
+    storage_path: str = _f("runs", nonempty=True)  # Ray Train/Tune results; a shared path or URI on a cluster
 
 
 @dataclass
@@ -266,7 +342,7 @@ class TrackingConfig:
     """MLflow: ``uri`` (or ``MLFLOW_TRACKING_URI``); default an SQLite store inside the workspace."""
 
     uri: str | None = None
-    experiment: str = "ace-ray"
+    experiment: str = _f("ace-ray", nonempty=True)
 
 
 @dataclass
@@ -348,7 +424,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
+# Keys that users reach for in the wrong section, and where the setting lives.
+_ELSEWHERE = {
+    "finetune.train.batch_size": "fine-tuning batches are planned ahead: set data.batches.batch_size"
+}
+
+
 def _unknown(key: str, known: list[str]) -> ConfigError:
+    if key in _ELSEWHERE:
+        return ConfigError(f"unknown key '{key}'; {_ELSEWHERE[key]}")
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
     return ConfigError(f"unknown key '{key}'{hint}")
@@ -357,12 +441,13 @@ def _unknown(key: str, known: list[str]) -> ConfigError:
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested mapping, checking every key and type."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in (data or {}).items():
-        if key not in hints or key not in names:
-            raise _unknown(f"{prefix}{key}", names)
+        if key not in hints or key not in fields:
+            raise _unknown(f"{prefix}{key}", list(fields))
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+        _check(f"{prefix}{key}", kwargs[key], fields[key].metadata)
     return cls(**kwargs)
 
 

@@ -89,3 +89,43 @@ def test_workload_paths_are_absolute(tmp_path):
     wl = load_workload(None, [f"workspace={tmp_path}", "data.root=data/x"])
     assert wl.path(wl.data.root) == tmp_path / "data" / "x"
     assert wl.path("/abs/y").as_posix() == "/abs/y"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.features.grid=0", r"data\.features\.grid: must be >= 1, got 0"),
+        ("finetune.gamma=-1", r"finetune\.gamma: must be > 0"),
+        ("data.batches.batch_size=1", r"data\.batches\.batch_size: must be >= 2"),
+        ("pretrain.train.lr=0", r"pretrain\.train\.lr: must be > 0"),
+        ("finetune.hot_query_dropout=1.5", r"finetune\.hot_query_dropout: must be <= 1"),
+        ("eval.index=bogus", r"eval\.index: 'bogus' is not one of hnsw, ivf"),
+        ("eval.ks=[10, 0]", r"eval\.ks\[1\]: must be >= 1"),
+        ("eval.baselines=[bm25, bert]", r"eval\.baselines\[1\]: 'bert' is not one of"),
+        ("finetune.adversarial.mode=minimax", r"finetune\.adversarial\.mode: 'minimax' is not one of"),
+        ("model.size=huge", r"model\.size: 'huge' is not one of tiny, small, base"),
+        ("data.root=", r"data\.root: must not be empty"),
+        ("data.root=' '", r"data\.root: must not be empty"),
+        ("data.synth.start_date=12/01/2026", r"data\.synth\.start_date: expected an ISO date"),
+        ("data.synth.products=0", r"data\.synth\.products: must be >= 1, got 0"),
+        ("ray.num_cpus=0", r"ray\.num_cpus: must be >= 1"),
+    ],
+)
+def test_out_of_range_settings_are_refused_when_loaded(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_workload(None, [override])
+
+
+def test_out_of_range_in_a_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("finetune:\n  adversarial:\n    weight: -0.5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: finetune\.adversarial\.weight: must be >= 0"):
+        load_workload(bad)
+
+
+def test_a_setting_no_stage_reads_is_refused():
+    # Fine-tuning's batches are planned ahead (data.batches.batch_size): a batch size under finetune.train
+    # used to be accepted and ignored.
+    with pytest.raises(ConfigError, match=r"finetune\.train\.batch_size'; .*data\.batches\.batch_size"):
+        load_workload(None, ["finetune.train.batch_size=8"])
+    assert load_workload(None, ["pretrain.train.batch_size=8"]).pretrain.train.batch_size == 8
