@@ -6,8 +6,12 @@ local Ray is started that listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -43,6 +47,25 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, cfg.min_cpus)
     ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+    _stop_local_ray_on_exit()
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    print("ace-ray: stopped by SIGTERM; shutting down the local Ray", file=sys.stderr, flush=True)
+    # Inside a Ray wait this surfaces as Ray's SystemExit(1); elsewhere as 143. Either unwinds the command.
+    raise SystemExit(128 + signum)
+
+
+def _stop_local_ray_on_exit() -> None:
+    """The local Ray this process started goes down with it, however the command ends.
+
+    ``ray.init`` installs a native SIGTERM handler that kills the driver without running ``atexit``, which
+    left the raylet's agents and workers orphaned. A Python handler that raises ``SystemExit`` instead
+    unwinds the command (its ``finally`` blocks remove half-written outputs) and then runs ``atexit``.
+    """
+    atexit.register(ray.shutdown)  # Ray registers one too; repeating it is harmless
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def cluster_cpus() -> int:

@@ -31,3 +31,49 @@ def test_tracking_uri_default_is_absolute_sqlite_in_workspace(tmp_path, monkeypa
     assert tracking_uri(wl) == "sqlite:////elsewhere/m.db"
     wl.tracking.uri = "http://127.0.0.1:5000"
     assert tracking_uri(wl) == "http://127.0.0.1:5000"
+
+
+def _ray_processes(proc) -> list:
+    """The Ray processes a command started: its descendants (raylet, GCS, agents, workers)."""
+    return [p for p in proc.children(recursive=True) if p.is_running()]
+
+
+@pytest.mark.ray
+def test_sigterm_stops_the_local_ray_a_command_started(tmp_path):
+    """`kill <ace-ray>` must not leave the raylet's agents and workers running without it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    exe = Path(sys.executable).parent / "ace-ray"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [str(exe), "synth", "--out", str(tmp_path / "shop"), "--products", "20000", f"workspace={tmp_path}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        driver, deadline = psutil.Process(proc.pid), time.monotonic() + 120
+        # Wait until Ray tasks are drawing products (the driver waits on them inside Ray's native code).
+        while time.monotonic() < deadline and proc.poll() is None:
+            if next((tmp_path / "shop").glob("images/*/*.jpg"), None):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        started = _ray_processes(driver)
+        assert any("raylet" in p.name() for p in started), [p.name() for p in started]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        gone, alive = psutil.wait_procs(started, timeout=20)
+        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [f"{p.pid} {p.name()}" for p in alive]
+        # It unwound through its own clean-up, not killed by Ray's native signal handler (an abort that
+        # skips `atexit` and so `ray.shutdown`), and does not claim success.
+        err = proc.stderr.read().decode()
+        assert "stopped by SIGTERM; shutting down the local Ray" in err, err[-2000:]
+        assert "SIGTERM received" not in err and proc.returncode in (1, 128 + signal.SIGTERM), err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
