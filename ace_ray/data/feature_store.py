@@ -1,15 +1,19 @@
 """The feature store: a versioned Parquet dataset keyed by product_id, with a manifest.
 
 Layout: ``<store>/<version>/manifest.json``, ``part-*.parquet`` (one row per product: ``status`` is "ok"
-or the reason it was quarantined), ``quarantine.parquet`` and ``stats.json``. The version is a hash of the
-manifest, so features made with another backbone, weights, grid or code never mix with these, and a
-model that expects one manifest refuses to load another.
+or the reason it was quarantined), ``quarantine.parquet`` and ``stats.json``. A store is built in a staging
+folder (``<store>/.<version>.partial``) and renamed into place when finished, ``stats.json`` written last:
+a folder without it is an interrupted run, and is refused. The version is a hash of the manifest, so
+features made with another backbone, weights, grid or code never mix with these, and a model that expects
+one manifest refuses to load another.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +33,16 @@ PATCH_DTYPE, PIXEL_DTYPE = np.float16, np.uint8
 
 class FeatureMismatch(ValueError):
     """Features made under another manifest than the one a consumer expects."""
+
+
+class IncompleteStore(FileNotFoundError):
+    """A feature store folder that an interrupted ``ace-ray features`` left unfinished."""
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a finished store: its manifest and ``stats.json``, which is written last."""
+    path = Path(path)
+    return (path / MANIFEST).is_file() and (path / STATS).is_file()
 
 
 @dataclass(frozen=True)
@@ -81,18 +95,39 @@ class FeatureStore:
         self.path = Path(path)
         if not (self.path / MANIFEST).is_file():
             raise FileNotFoundError(f"{self.path}: no feature manifest ({MANIFEST}); run `ace-ray features`")
+        if not is_complete(self.path):
+            raise IncompleteStore(
+                f"{self.path}: incomplete feature store (no {STATS}; an interrupted `ace-ray features`?); "
+                "run `ace-ray features` again"
+            )
         self.manifest = FeatureManifest(**json.loads((self.path / MANIFEST).read_text()))
 
     @classmethod
     def create(cls, root: str | Path, manifest: FeatureManifest) -> Path:
-        """The directory for ``manifest``'s version under ``root`` (emptied), with its manifest."""
-        path = Path(root) / manifest.version
-        if path.exists():
-            for f in path.glob("*"):
-                f.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        (path / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
-        return path
+        """An empty staging folder for ``manifest``'s version under ``root``; ``publish`` makes it the store.
+
+        Nothing there looks like a store (no manifest) until it is published."""
+        staging = Path(root) / f".{manifest.version}.partial"
+        if staging.exists():  # left by an interrupted run
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return staging
+
+    @classmethod
+    def publish(cls, staging: str | Path, manifest: FeatureManifest, stats: dict) -> FeatureStore:
+        """Finish a staged store: its manifest, then ``stats.json`` (the completion mark), then a rename
+        into ``<root>/<version>``, replacing the features this version had before."""
+        staging = Path(staging)
+        final = staging.parent / manifest.version
+        (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+        (staging / STATS).write_text(json.dumps({**stats, "store": str(final)}, indent=2))
+        old = staging.parent / f".{manifest.version}.old"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return cls(final)
 
     def check(self, expected: FeatureManifest) -> None:
         """Raise ``FeatureMismatch`` naming every field that differs from ``expected``."""

@@ -7,19 +7,20 @@ stops the pipeline: its row carries the reason instead of features and lands in 
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import ray
 
 from ace_ray.config import FeaturesConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data.backbone import load_backbone
-from ace_ray.data.images import BadImage, decode, detect_roi, pixel_patches, square_crop
+from ace_ray.data.images import BadImage, decode, detect_roi, locate, pixel_patches, square_crop
 from ace_ray.data.validate import load_clean
 
 _ROWS_PER_BLOCK = 256  # products per input block: small enough to spread over the decode tasks
@@ -29,11 +30,9 @@ def prepare_one(root: Path, rel: str, cfg: FeaturesConfig) -> dict:
     """Decode one image and cut its inputs; ``status`` is "ok" or why it cannot be used."""
     out = {"status": fs.OK, "roi": [0, 0, 0, 0], "roi_found": False, "width": 0, "height": 0,
            "image": b"", "pixels": b""}  # fmt: skip
-    path = (root / rel).resolve()
-    if Path(rel).is_absolute() or not path.is_relative_to(root):
-        return out | {"status": "image path escapes the catalogue root"}
-    if not path.is_file():
-        return out | {"status": "image file not found"}
+    path, why = locate(root, rel)
+    if why:
+        return out | {"status": why}
     try:
         img = decode(path.read_bytes(), cfg.max_side, cfg.min_side)
     except BadImage as exc:
@@ -107,11 +106,23 @@ def _pool(cfg: FeaturesConfig) -> tuple[int, float, float, int]:
 
 
 def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None = None) -> dict:
-    """Featurise every validated product of catalogue ``root`` (Ray must be running); returns stats."""
+    """Featurise every validated product of catalogue ``root`` (Ray must be running); returns stats.
+
+    The store is written to a staging folder and published only when complete, so an interrupted run
+    never leaves something later commands would take for features."""
     root = Path(root).resolve()
     products, _ = load_clean(root)
     manifest = manifest_for(cfg)
-    store = fs.FeatureStore.create(Path(out or cfg.out or root / "features").resolve(), manifest)
+    staging = fs.FeatureStore.create(Path(out or cfg.out or root / "features").resolve(), manifest)
+    try:
+        return _build(root, products, cfg, manifest, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when published
+
+
+def _build(
+    root: Path, products: pd.DataFrame, cfg: FeaturesConfig, manifest: fs.FeatureManifest, staging: Path
+) -> dict:
     actors, cpus, gpus, threads = _pool(cfg)
     t0 = time.perf_counter()
     blocks = [products.iloc[i : i + _ROWS_PER_BLOCK][["product_id", "image_path"]]
@@ -141,13 +152,14 @@ def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None
     # A fixed cap on results in flight keeps memory flat whatever the catalogue size.
     limits = ds.context.execution_options.resource_limits
     ds.context.execution_options.resource_limits = limits.copy(object_store_memory=cfg.inflight_mb * 2**20)
-    ds.write_parquet(str(store), ray_remote_args={"num_cpus": cfg.write_cpus})
+    ds.write_parquet(str(staging), ray_remote_args={"num_cpus": cfg.write_cpus})
     seconds = time.perf_counter() - t0
-    status = fs.FeatureStore(store).read(columns=["roi_found"], ok_only=False)
+    parts = sorted(str(p) for p in staging.glob("*.parquet"))
+    status = pq.ParquetDataset(parts).read(columns=["product_id", "status", "roi_found"]).to_pandas()
     bad = status[status["status"] != fs.OK]
     bad = bad.merge(products[["product_id", "image_path"]], on="product_id", how="left")
     bad.rename(columns={"status": "reason"})[["product_id", "image_path", "reason"]].to_parquet(
-        store / fs.QUARANTINE
+        staging / fs.QUARANTINE
     )
     stats = {
         "products_in": len(products),
@@ -158,7 +170,5 @@ def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None
         "images_per_s": round(len(products) / seconds, 2),
         "cnn_actors": actors,
         "version": manifest.version,
-        "store": str(store),
     }
-    (store / fs.STATS).write_text(json.dumps(stats, indent=2))
-    return stats
+    return {**stats, "store": str(fs.FeatureStore.publish(staging, manifest, stats).path)}

@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import io
+import math
+import os
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,22 +29,70 @@ class BadImage(ValueError):
     """An image that cannot be featurised; the message is the quarantine reason."""
 
 
+def locate(root: Path, rel) -> tuple[Path | None, str | None]:
+    """The file a catalogue's ``image_path`` names (``root`` resolved), or None and why not.
+
+    Each way of pointing nowhere usable has its own reason: an empty cell, an absolute path, ``..`` out of
+    the catalogue, a symlink to outside it, a file that is not there, a folder.
+    """
+    if rel is None or (isinstance(rel, float) and math.isnan(rel)) or not str(rel).strip():
+        return None, "missing image_path"
+    rel = str(rel)
+    if Path(rel).is_absolute():
+        return None, "image path is absolute (it must be relative to the catalogue folder)"
+    lexical = Path(os.path.normpath(root / rel))
+    if not lexical.is_relative_to(root):
+        return None, "image path escapes the catalogue root"
+    full = lexical.resolve()
+    if not full.is_relative_to(root):
+        return None, "image is a symlink to outside the catalogue root"
+    if not full.exists():
+        return None, "image file not found"
+    if not full.is_file():
+        return None, "image path is a folder, not a file"
+    return full, None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone; raises ``BadImage`` for empty or unreadable bytes."""
+    if not data:
+        raise BadImage("image file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data)).size
+    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as exc:
+        raise BadImage(f"unreadable image ({type(exc).__name__})") from exc
+
+
+def too_small(width: int, height: int, min_side: int) -> str | None:
+    """The quarantine reason for an image under ``min_side`` pixels a side, or None."""
+    if min(width, height) < min_side:
+        return f"image too small ({width}x{height}; at least {min_side} px a side)"
+    return None
+
+
+def imdecode(data: bytes, flag: int) -> np.ndarray:
+    """``cv2.imdecode`` that reports a bad stream as ``BadImage`` (OpenCV asserts on some, e.g. a
+    reduced-scale decode of an image under 8 px)."""
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error as exc:
+        raise BadImage("unreadable image (cannot be decoded)") from exc
+    if img is None or img.size == 0:
+        raise BadImage("unreadable image (cannot be decoded)")
+    return img
+
+
 def decode(data: bytes, max_side: int = 2048, min_side: int = 8) -> np.ndarray:
     """Bytes to a BGR uint8 image no larger than ``max_side``; raises ``BadImage`` with the reason.
 
     Huge images are decoded at a reduced scale (JPEG's DCT scaling) instead of in full, so a 10000x10000
     photo costs a fraction of its 300 MB; transparent pixels become white, as on a product page.
     """
-    if not data:
-        raise BadImage("image file is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size  # the header only
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise BadImage(f"unreadable image ({type(exc).__name__})") from exc
-    if min(width, height) < min_side:
-        raise BadImage(f"image too small ({width}x{height}; at least {min_side} px a side)")
+    width, height = image_size(data)
+    if reason := too_small(width, height, min_side):
+        raise BadImage(reason)
     flag = cv2.IMREAD_UNCHANGED
     for factor, reduced in (
         (8, cv2.IMREAD_REDUCED_COLOR_8),
@@ -51,9 +102,7 @@ def decode(data: bytes, max_side: int = 2048, min_side: int = 8) -> np.ndarray:
         if max(width, height) // factor >= max_side:
             flag = reduced
             break
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if img is None or img.size == 0:
-        raise BadImage("unreadable image (cannot be decoded)")
+    img = imdecode(data, flag)
     if img.dtype != np.uint8:  # 16-bit PNG
         img = (img / 257).astype(np.uint8)
     if img.ndim == 2:

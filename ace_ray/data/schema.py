@@ -8,6 +8,7 @@ A catalogue directory holds ``products.parquet`` + ``images/`` and ``impressions
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,11 @@ def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def write_table(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> Path:
-    """Write ``df`` with the contract's types for its contract columns (extra columns kept as they are)."""
+def write_table(
+    df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None, metadata: dict | None = None
+) -> Path:
+    """Write ``df`` with the contract's types for its contract columns (extra columns kept as they are),
+    and ``metadata`` in the file's schema. The file appears whole or not at all (written beside, renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
@@ -114,7 +118,14 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = N
             table = table.set_column(
                 idx, schema.field(name), table.column(name).cast(schema.field(name).type)
             )
-    pq.write_table(table, path)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -2,11 +2,14 @@
 
 Each bad row is reported with its file, row number and reason and written to ``quarantine.parquet``
 (with the whole row as JSON, so nothing is lost); per table, rows in = rows kept + rows quarantined.
-Later stages read the catalogue through ``load_clean`` and so never see a quarantined row.
+Later stages read the catalogue through ``load_clean`` and so never see a quarantined row. The quarantine
+names rows by number, so it is bound to the exact files it describes (their SHA-256 is stored with it): once
+either file changes, it is refused until ``validate`` runs again, instead of dropping the wrong rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -15,14 +18,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import ray
 
+from ace_ray.data.images import BadImage, image_size, imdecode, locate, too_small
 from ace_ray.data.schema import (
     IMPRESSIONS_FILE,
     PRODUCTS_FILE,
     QUARANTINE_FILE,
     QUARANTINE_SCHEMA,
     REPORT_FILE,
+    SchemaError,
     read_impressions,
     read_products,
     read_table,
@@ -32,6 +38,7 @@ from ace_ray.runtime import run_bounded
 
 _MIN_DAY, _MAX_DAY = pd.Timestamp("1990-01-01"), pd.Timestamp("2100-01-01")
 _IMAGE_CHUNK = 512  # images checked per Ray task
+_BOUND_TO = b"ace_ray.validated_files"  # quarantine metadata: {file name: sha256} it describes
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Report:
     reasons: dict[str, int] = field(default_factory=dict)
     per_day: list[dict] = field(default_factory=list)
     per_category: list[dict] = field(default_factory=list)
+    files_sha256: dict[str, str] = field(default_factory=dict)  # the exact files this report describes
 
     @property
     def ok(self) -> bool:
@@ -94,27 +102,39 @@ def _first_rows(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarr
     return np.flatnonzero(dup), firsts[dup]
 
 
-def check_image(path: str) -> str | None:
-    """Why the file at ``path`` is not a usable image, or None."""
+def check_image(path: str, min_side: int = 8) -> str | None:
+    """Why the file at ``path`` is not a usable image (as ``features`` would decide), or None."""
     p = Path(path)
     if not p.is_file():
         return "image file not found"
     data = p.read_bytes()
-    if not data:
-        return "image file is empty (0 bytes)"
-    # A reduced decode checks the stream at a fraction of the cost of a full one.
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_8)
-    if img is None or img.size == 0:
-        return "unreadable image (cannot be decoded)"
+    try:
+        width, height = image_size(data)
+        if reason := too_small(width, height, min_side):
+            return reason
+        # A reduced decode checks the stream at a fraction of the cost of a full one; OpenCV asserts on
+        # reduced decodes of images under 8 px, so small ones are decoded in full.
+        imdecode(data, cv2.IMREAD_REDUCED_COLOR_8 if min(width, height) >= 64 else cv2.IMREAD_COLOR)
+    except BadImage as exc:
+        return str(exc)
     return None
 
 
 @ray.remote
-def _check_images(paths: list[str]) -> list[str | None]:
-    return [check_image(p) for p in paths]
+def _check_images(paths: list[str], min_side: int) -> list[str | None]:
+    return [check_image(p, min_side) for p in paths]
 
 
-def _check_products(root: Path, products: pd.DataFrame, q: _Quarantine, workers: int) -> None:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB pieces)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_products(root: Path, products: pd.DataFrame, q: _Quarantine, workers: int, min_side: int) -> None:
     q.add(np.flatnonzero(_blank(products["product_id"])), "missing product_id")
     rows, firsts = _first_rows(products, ["product_id"])
     q.add(rows, [f"duplicate product_id (first at row {f})" for f in firsts])
@@ -126,15 +146,14 @@ def _check_products(root: Path, products: pd.DataFrame, q: _Quarantine, workers:
     for r, rel in enumerate(products["image_path"].tolist()):
         if r in q.reason:
             continue
-        rel = str(rel)
-        full = (root / rel).resolve()
-        if Path(rel).is_absolute() or not full.is_relative_to(real_root):
-            q.add([r], "image path escapes the catalogue root")
+        full, why = locate(real_root, rel)
+        if why:
+            q.add([r], why)
         else:
             todo.append((r, str(full)))
     chunks = [todo[i : i + _IMAGE_CHUNK] for i in range(0, len(todo), _IMAGE_CHUNK)]
     results = run_bounded(
-        lambda c: _check_images.remote([p for _, p in c]), chunks, workers, "checking images"
+        lambda c: _check_images.remote([p for _, p in c], min_side), chunks, workers, "checking images"
     )
     for chunk, reasons in zip(chunks, results, strict=True):
         for (r, _), why in zip(chunk, reasons, strict=True):
@@ -180,17 +199,23 @@ def _summaries(products: pd.DataFrame, imp: pd.DataFrame) -> tuple[list[dict], l
     return by_day.to_dict("records"), by_cat.to_dict("records")
 
 
-def validate(root: str | Path, workers: int = 0) -> Report:
-    """Check everything under ``root`` (Ray must be initialised); writes quarantine and report files."""
+def validate(root: str | Path, workers: int = 0, min_side: int = 8) -> Report:
+    """Check everything under ``root`` (Ray must be initialised); writes quarantine and report files,
+    bound to the SHA-256 of the products and impressions files they describe."""
     root = Path(root).resolve()
     products = read_products(root)
     imp = read_impressions(root)
+    if not len(products):
+        raise SchemaError(f"{root / PRODUCTS_FILE}: has no rows")
+    if not len(imp):
+        raise SchemaError(f"{root / IMPRESSIONS_FILE}: has no rows")
+    sha = {name: file_sha256(root / name) for name in (PRODUCTS_FILE, IMPRESSIONS_FILE)}
     qp = _Quarantine(PRODUCTS_FILE, products, products["product_id"])
-    _check_products(root, products, qp, workers)
+    _check_products(root, products, qp, workers, min_side)
     qi = _Quarantine(IMPRESSIONS_FILE, imp, imp["session_id"].astype(str) + "#" + imp["position"].astype(str))
     _check_impressions(imp, products, qp.bad(), qi)
     quarantine = pd.concat([qp.frame(), qi.frame()], ignore_index=True)
-    write_table(quarantine, root / QUARANTINE_FILE, QUARANTINE_SCHEMA)
+    write_table(quarantine, root / QUARANTINE_FILE, QUARANTINE_SCHEMA, {_BOUND_TO: json.dumps(sha)})
     kept_p, kept_i = products[~qp.bad()], imp[~qi.bad()]
     per_day, per_cat = _summaries(kept_p, kept_i)
     report = Report(
@@ -201,23 +226,41 @@ def validate(root: str | Path, workers: int = 0) -> Report:
         reasons=dict(Counter(why.split(" (")[0] for why in quarantine["reason"]).most_common()),
         per_day=per_day,
         per_category=per_cat,
+        files_sha256=sha,
     )
     (root / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2, default=str))
     return report
 
 
 def read_quarantine(root: str | Path) -> pd.DataFrame:
-    """The quarantine written by the last ``validate`` of ``root``."""
-    return read_table(Path(root) / QUARANTINE_FILE, QUARANTINE_SCHEMA)
-
-
-def load_clean(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Products and impressions without their quarantined rows; the catalogue must have been validated."""
+    """The quarantine written by the last ``validate`` of ``root``; a ``SchemaError`` when the products or
+    impressions file has changed since (its row numbers would name other rows)."""
     root = Path(root)
-    if not (root / QUARANTINE_FILE).is_file():
+    path = root / QUARANTINE_FILE
+    if not path.is_file():
         raise FileNotFoundError(
             f"{root}: not validated yet (no {QUARANTINE_FILE}); run `ace-ray validate {root}`"
         )
+    bound = json.loads((pq.read_schema(path).metadata or {}).get(_BOUND_TO, b"{}"))
+    if not bound:
+        raise SchemaError(
+            f"{path}: does not say which files it describes (written by an older ace-ray); "
+            f"run `ace-ray validate {root}` again"
+        )
+    for name, sha in bound.items():
+        if not (root / name).is_file() or file_sha256(root / name) != sha:
+            raise SchemaError(
+                f"{root / name}: changed since `ace-ray validate` wrote {QUARANTINE_FILE}, which describes "
+                f"another version of it (its rows would drop the wrong products); run `ace-ray validate {root}` "
+                "again"
+            )
+    return read_table(path, QUARANTINE_SCHEMA)
+
+
+def load_clean(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Products and impressions without their quarantined rows; the catalogue must have been validated,
+    and not changed since."""
+    root = Path(root)
     q = read_quarantine(root)
     products, imp = read_products(root), read_impressions(root)
     drop_p = q.loc[q["file"] == PRODUCTS_FILE, "row"].to_numpy()

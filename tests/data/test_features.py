@@ -1,7 +1,9 @@
 """The Ray Data feature pipeline end to end: every bad image kind, counts, the versioned store."""
 
+import dataclasses
 import io
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +16,7 @@ from ace_ray.config import ClickModelConfig, FeaturesConfig, SynthConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data.backbone import load_backbone
 from ace_ray.data.features import build_features, manifest_for, prepare_one
-from ace_ray.data.schema import PRODUCTS_FILE, read_products
+from ace_ray.data.schema import read_products
 from ace_ray.data.synth.generate import synthesize
 from ace_ray.data.validate import validate
 
@@ -52,8 +54,9 @@ def _break_images(root):
     path(1).write_bytes(b"")
     path(2).unlink()
     cv2.imwrite(str(path(3)), np.zeros((1, 1, 3), np.uint8))
-    products.loc[4, "image_path"] = "../../outside.jpg"
     cv2.imwrite(str(root.parent.parent / "outside.jpg"), img)
+    path(4).unlink()
+    path(4).symlink_to(root.parent.parent / "outside.jpg")
     rgba = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)
     rgba[:20, :, 3] = 0
     cv2.imwrite(str(path(5)), rgba)  # PNG bytes with alpha under a .jpg name, as real shops have
@@ -66,13 +69,13 @@ def _break_images(root):
         cv2.resize(img, (10000, 10000), interpolation=cv2.INTER_NEAREST),
         [cv2.IMWRITE_JPEG_QUALITY, 60],
     )
-    products.to_parquet(root / PRODUCTS_FILE)
+    # products.parquet itself is unchanged: a changed one would need validating again.
     return {
         products.loc[0, "product_id"]: "unreadable image",
         products.loc[1, "product_id"]: "image file is empty",
         products.loc[2, "product_id"]: "image file not found",
         products.loc[3, "product_id"]: "image too small",
-        products.loc[4, "product_id"]: "image path escapes the catalogue root",
+        products.loc[4, "product_id"]: "image is a symlink to outside the catalogue root",
     }
 
 
@@ -130,3 +133,26 @@ def test_store_refuses_features_made_under_another_manifest(catalogue, tiny_resn
     other = build_features(catalogue, FeaturesConfig(**(SMALL | {"roi": False})))
     assert other["version"] != stats["version"]
     assert fs.latest(catalogue / "features").manifest.version == other["version"]
+
+
+def test_an_interrupted_run_leaves_no_store_that_looks_finished(catalogue, monkeypatch):
+    """Stopped while writing (Ctrl-C, SIGTERM, a crash): later commands find no features, not half of them."""
+    import ray.data
+
+    def interrupted(self, path, **kwargs):
+        (Path(path) / "part-0.parquet").write_bytes(b"PAR1 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray.data.Dataset, "write_parquet", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_features(catalogue, FeaturesConfig(**SMALL))
+    with pytest.raises(FileNotFoundError, match="no features yet"):
+        fs.latest(catalogue / "features")
+    assert not list((catalogue / "features").glob("*/*.parquet"))
+    # A store folder without its completion mark (as older runs left them) is refused by name.
+    half = catalogue / "features" / "0123456789ab"
+    half.mkdir()
+    (half / fs.MANIFEST).write_text(json.dumps(dataclasses.asdict(manifest_for(FeaturesConfig(**SMALL)))))
+    assert not fs.is_complete(half)
+    with pytest.raises(fs.IncompleteStore, match="incomplete feature store .* run `ace-ray features` again"):
+        fs.FeatureStore(half)

@@ -78,7 +78,7 @@ def test_prepare_one_covers_missing_and_escaping_paths(tmp_path):
     assert prepare_one(root, "../outside.jpg", cfg)["status"] == "image path escapes the catalogue root"
     assert (
         prepare_one(root, str(tmp_path / "outside.jpg"), cfg)["status"]
-        == "image path escapes the catalogue root"
+        == "image path is absolute (it must be relative to the catalogue folder)"
     )
     (root / "images/ok.jpg").write_bytes(_jpeg(np.full((50, 80, 3), 200, np.uint8)))
     ok = prepare_one(root, "images/ok.jpg", cfg)

@@ -73,7 +73,7 @@ def test_every_bad_row_kind_is_quarantined_with_reason(catalogue):
     for reason, where in expect.items():
         assert where in found, f"{reason} not quarantined"
         assert found[where].startswith(reason), (reason, found[where])
-    assert found[(PRODUCTS_FILE, 4)] == "image path escapes the catalogue root"
+    assert found[(PRODUCTS_FILE, 4)] == "image path is absolute (it must be relative to the catalogue folder)"
     assert found[(IMPRESSIONS_FILE, 12)] == "bad date"
     # The duplicate names the row it repeats.
     assert found[expect["duplicate product_id"]] == "duplicate product_id (first at row 6)"

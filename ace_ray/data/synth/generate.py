@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import ray
 
-from ace_ray.config import ClickModelConfig, SynthConfig
+from ace_ray.config import ClickModelConfig, ConfigError, SynthConfig
 from ace_ray.data import clicklog
 from ace_ray.data.catalogue import write_catalogue
 from ace_ray.data.schema import PRODUCTS_SCHEMA, Manifest, image_shard
@@ -81,8 +81,9 @@ def _make_products_task(shard: int, cfg: SynthConfig, root: str) -> pd.DataFrame
 
 def synthesize(cfg: SynthConfig, clicks: ClickModelConfig, out: str | Path) -> dict[str, float]:
     """Generate the whole catalogue into ``out`` (Ray must be initialised); returns timing figures."""
-    if cfg.products < 1 or cfg.days < 1 or cfg.sessions < 1:
-        raise ValueError("synth needs at least one product, one day and one session per day")
+    for key in ("products", "days", "sessions", "shard_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"data.synth.{key} must be at least 1 (got {getattr(cfg, key)})")
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
