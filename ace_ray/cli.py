@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category-path-col", help="column with the category path (default: the category)")
     p.add_argument("--attr-cols", default="", help="comma-separated attribute columns (colour,brand,...)")
     p.add_argument("--impressions", help="click log with day,session_id,query,product_id,position,clicked")
+    p.add_argument("--date-format", help="how the click log's day is written, in strptime codes (e.g. "
+                   "'%%d/%%m/%%Y'); default: ISO dates (2026-01-31) only")  # fmt: skip
     _sim_flags(p, "simulated click log")
     _common(p)
 
@@ -214,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             category_path=args.category_path_col,
             attributes=[c.strip() for c in args.attr_cols.split(",") if c.strip()],
         )
-        jobs.import_user_table(workload, args.products, args.images, cols, args.impressions)
+        jobs.import_user_table(workload, args.products, args.images, cols, args.impressions, args.date_format)
     elif args.command == "validate":
         report = jobs.validate_catalogue(workload)
         return 1 if args.strict and not report.ok else 0

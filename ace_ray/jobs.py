@@ -61,14 +61,15 @@ def import_user_table(
     images: str | Path,
     cols: ColumnMap,
     impressions: str | Path | None,
+    date_format: str | None = None,
 ) -> Manifest:
-    """Import a user's CSV/Parquet catalogue into ``data.root``."""
+    """Import a user's CSV/Parquet catalogue into ``data.root``; ``date_format`` reads a non-ISO day column."""
     ensure_ray(workload.ray)
     root = workload.path(workload.data.root)
     with tracking.start_run(workload, "import-table", tags={"stage": "import"}):
         t0 = time.perf_counter()
         manifest = import_table(
-            products, images, root, cols, workload.data.synth, workload.data.clicks, impressions
+            products, images, root, cols, workload.data.synth, workload.data.clicks, impressions, date_format
         )
         _record_import(workload, "table", manifest, root, time.perf_counter() - t0)
     return manifest

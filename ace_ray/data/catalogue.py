@@ -45,9 +45,13 @@ def write_catalogue(
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link an image into the catalogue (no extra disk), copying across file systems."""
+    """Hard-link an image into the catalogue (no extra disk), copying across file systems.
+
+    ``dst`` is never the source itself: unlinking it first would delete the user's photo."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
+        if os.path.samefile(src, dst):
+            return
         dst.unlink()
     try:
         os.link(src, dst)

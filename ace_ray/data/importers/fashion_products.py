@@ -11,7 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from ace_ray.config import ClickModelConfig, SynthConfig
-from ace_ray.data.importers.common import bring_images, clean_attribute, finish_import, read_any
+from ace_ray.data.importers.common import (
+    bring_images,
+    clean_attribute,
+    finish_import,
+    read_any,
+    staged_catalogue,
+)
 from ace_ray.data.schema import Manifest, SchemaError
 
 STYLES_FILE = "styles.csv"
@@ -55,7 +61,9 @@ def import_fashion_products(
     src, out = Path(src).resolve(), Path(out).resolve()
     if not (src / STYLES_FILE).is_file():
         raise SchemaError(f"{src}: no {STYLES_FILE} here; is this the fashion-products folder?")
-    products = to_products(read_any(src / STYLES_FILE))
-    products["image_path"] = bring_images(src / "images", products["image_path"], out)
-    params = {"src": str(src), "days": sim.days, "sessions": sim.sessions, "seed": sim.seed}
-    return finish_import(out, products, "fashion-products", ATTRIBUTES, None, sim, clicks, params)
+    with staged_catalogue(out, [src / STYLES_FILE], src / "images") as stage:
+        products = to_products(read_any(src / STYLES_FILE))
+        products["image_path"] = bring_images(src / "images", products["image_path"], stage, out)
+        params = {"src": str(src), "days": sim.days, "sessions": sim.sessions, "seed": sim.seed}
+        manifest = finish_import(stage, products, "fashion-products", ATTRIBUTES, None, sim, clicks, params)
+    return manifest

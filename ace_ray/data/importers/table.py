@@ -8,7 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from ace_ray.config import ClickModelConfig, SynthConfig
-from ace_ray.data.importers.common import bring_images, clean_attribute, finish_import, read_any
+from ace_ray.data.importers.common import (
+    bring_images,
+    clean_attribute,
+    finish_import,
+    normalise_ids,
+    read_any,
+    staged_catalogue,
+)
 from ace_ray.data.schema import Manifest, SchemaError
 
 
@@ -36,11 +43,11 @@ def to_products(table: pd.DataFrame, cols: ColumnMap, file: str) -> pd.DataFrame
     category = clean_attribute(table[cols.category])
     products = pd.DataFrame(
         {
-            "product_id": clean_attribute(table[cols.id]),
+            "product_id": normalise_ids(table[cols.id], file, cols.id),
             "title": table[cols.title].astype("string").str.strip().astype(object),
             "category": category,
             "category_path": clean_attribute(table[cols.category_path]) if cols.category_path else category,
-            "image_path": table[cols.image].astype(str).str.strip(),
+            "image_path": table[cols.image],  # bring_images makes these the contract's paths
         }
     )
     for a in cols.attributes:
@@ -56,12 +63,24 @@ def import_table(
     sim: SynthConfig,
     clicks: ClickModelConfig,
     impressions_file: str | Path | None = None,
+    date_format: str | None = None,
 ) -> Manifest:
-    """Import a user's catalogue (and click log, if given) into ``out`` (Ray must be initialised)."""
-    out = Path(out).resolve()
-    products = to_products(read_any(products_file), cols, str(products_file))
-    products["image_path"] = bring_images(Path(images), products["image_path"], out)
-    impressions = read_any(impressions_file) if impressions_file else None
-    params = {"products": str(Path(products_file).resolve()), "images": str(Path(images).resolve()),
-              "columns": vars(cols), "impressions": str(impressions_file) if impressions_file else None}  # fmt: skip
-    return finish_import(out, products, "table", cols.attributes, impressions, sim, clicks, params)
+    """Import a user's catalogue (and click log, if given) into ``out`` (Ray must be initialised).
+
+    The input files are only read; the catalogue appears in ``out`` only once it is complete."""
+    out, images = Path(out).resolve(), Path(images)
+    if not images.is_dir():
+        raise SchemaError(
+            f"{images}: image folder not found" if not images.exists() else f"{images}: not a folder"
+        )
+    inputs = [Path(products_file)] + ([Path(impressions_file)] if impressions_file else [])
+    with staged_catalogue(out, inputs, images) as stage:
+        products = to_products(read_any(products_file), cols, str(products_file))
+        products["image_path"] = bring_images(images, products["image_path"], stage, out)
+        impressions = read_any(impressions_file) if impressions_file else None
+        params = {"products": str(Path(products_file).resolve()), "images": str(images.resolve()),
+                  "columns": vars(cols), "impressions": str(impressions_file) if impressions_file else None,
+                  "date_format": date_format}  # fmt: skip
+        manifest = finish_import(stage, products, "table", cols.attributes, impressions, sim, clicks, params,
+                                 impressions_file or "", date_format)  # fmt: skip
+    return manifest
