@@ -80,7 +80,7 @@ def validate_catalogue(workload: Workload) -> Report:
     ensure_ray(workload.ray)
     root = workload.path(workload.data.root)
     with tracking.start_run(workload, "validate", tags={"stage": "validate"}):
-        report = validate(root, workers=workload.data.synth.workers)
+        report = validate(root, workers=workload.data.synth.workers, min_side=workload.data.features.min_side)
         tracking.log_metrics(
             {f"{t}_in": n for t, n in report.counts_in.items()}
             | {f"{t}_kept": n for t, n in report.counts_kept.items()}

@@ -282,6 +282,13 @@ def format_report(report: Report, max_rows: int = 40) -> str:
     if report.reasons:
         lines.append("quarantined rows by reason:")
         lines += [f"  {n:>7,}  {why}" for why, n in report.reasons.items()]
+    unknown, total = report.reasons.get("unknown product", 0), report.counts_in.get("impressions", 0)
+    if unknown * 2 > total:
+        # Most of a click log naming no product is an id mismatch, not noise: say so where it is seen.
+        lines.append(
+            f"WARNING: {unknown:,} of {total:,} impressions ({unknown / total:.0%}) name a product_id that is "
+            f"not in {PRODUCTS_FILE}; do the click log and the catalogue use the same ids?"
+        )
     lines.append("per day:        impressions  sessions    clicks     ctr")
     lines += [
         f"  {d['day']:<12} {d['impressions']:>11,} {d['sessions']:>9,} {d['clicks']:>9,}  {d['ctr']:.3f}"

@@ -223,6 +223,8 @@ def test_float_ids_match_and_a_log_of_unknown_products_is_loud(tmp_path, ray_ses
     assert _import(tmp_path, shop / "products.parquet", shop / "images", out, "--impressions",
                    shop / "other_ids.csv") == 0  # fmt: skip
     assert "WARNING: 3 of 4 impressions (75%)" in capsys.readouterr().err
+    assert main(["validate", str(out)]) == 0
+    assert "WARNING: 3 of 4 impressions (75%) name a product_id that is not in" in capsys.readouterr().out
 
 
 def test_tiny_images_and_precise_reasons(tmp_path, ray_session, capsys):
