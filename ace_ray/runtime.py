@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import ray
-from tqdm.auto import tqdm
 
 from ace_ray.config import RayConfig
+from ace_ray.progress import Progress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,7 +82,7 @@ def run_bounded(
     results: dict[int, object] = {}
     pending: dict[ray.ObjectRef, int] = {}
     queue = list(enumerate(items))
-    with tqdm(total=len(items), desc=desc, unit="task") as bar:
+    with Progress(len(items), desc, unit="task") as bar:
         while queue or pending:
             while queue and len(pending) < limit:
                 i, item = queue.pop(0)

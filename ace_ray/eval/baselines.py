@@ -228,7 +228,8 @@ class MiniLMZeroShot(EmbeddingRetriever):
     def embed_texts(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """Sentence embeddings of ``texts``, float32 [n, 384], L2-normalised."""
         import torch
-        from tqdm.auto import tqdm
+
+        from ace_ray.progress import progress as show
 
         model, tok = self._load()
         out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
@@ -236,7 +237,7 @@ class MiniLMZeroShot(EmbeddingRetriever):
         order = np.argsort([len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), self.batch_size)
         with torch.inference_mode():
-            for s in tqdm(starts, desc="MiniLM products", disable=not progress, leave=False):
+            for s in show(starts, "MiniLM products", unit="batch") if progress else starts:
                 rows = order[s : s + self.batch_size]
                 batch = tok(
                     [texts[i] for i in rows],
