@@ -1,5 +1,7 @@
 """The ``ace-ray`` command line. Each subcommand reads a workload YAML (``--workload``) plus ``key=value``
-overrides; its own flags are shorthands for overrides (``--products 100`` = ``data.synth.products=100``)."""
+overrides. Some of a command's flags are shorthands for overrides, declared with the command (``synth
+--products 100`` = ``data.synth.products=100``), so the same flag can mean something else elsewhere
+(``import table --products my.csv`` is a file)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ace_ray.config import ConfigError, Workload, dump_config
+from ace_ray.data.feature_store import FeatureMismatch
 from ace_ray.data.schema import SchemaError
 from ace_ray.model.presets import load_with_preset
 
@@ -29,18 +32,31 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _key(g, *flags: str, key: str, path: bool = False, **kw) -> None:
+    """A flag that is a shorthand for the override ``key=value`` (a path made absolute: it is relative to
+    where the user is, not to the workspace)."""
+    g.add_argument(*flags, dest=f"{'path' if path else 'key'}:{key}", **kw)
+
+
 def _sim_flags(p: argparse.ArgumentParser, what: str) -> None:
     g = p.add_argument_group(f"{what} (shorthands for data.synth.*)")
-    g.add_argument("--days", type=int, help="days of click log")
-    g.add_argument("--sessions", type=int, help="query sessions per day")
-    g.add_argument("--seed", type=int, help="random seed (same seed, same output)")
-    g.add_argument("--workers", type=int, help="concurrent Ray tasks (0 = all CPUs)")
+    _key(g, "--days", key="data.synth.days", type=int, help="days of click log")
+    _key(g, "--sessions", key="data.synth.sessions", type=int, help="query sessions per day")
+    _key(g, "--seed", key="data.synth.seed", type=int, help="random seed (same seed, same output)")
+    _key(g, "--workers", key="data.synth.workers", type=int, help="concurrent Ray tasks (0 = all CPUs)")
 
 
 def _train_flags(p: argparse.ArgumentParser, section: str) -> None:
-    p.add_argument("--root", help="catalogue directory with features (data.root)")
-    p.add_argument("--workers", type=int, help=f"Ray Train workers ({section}.train.workers)")
-    p.add_argument("--resume", metavar="RUN", help="resume this Ray Train run from its latest checkpoint")
+    _key(p, "--root", key="data.root", path=True, help="catalogue directory with features (data.root)")
+    _key(
+        p,
+        "--workers",
+        key=f"{section}.train.workers",
+        type=int,
+        help=f"Ray Train workers ({section}.train.workers)",
+    )
+    p.add_argument("--resume", metavar="RUN", help="the Ray Train run name of an interrupted run (printed when it "
+                   "started): continue it from its latest checkpoint; give the same --workload and overrides")  # fmt: skip
     _common(p)
 
 
@@ -48,7 +64,7 @@ def _model_flags(p: argparse.ArgumentParser, required: bool) -> None:
     src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--run", metavar="RUN_ID", help="MLflow run whose model artefact to use")
     src.add_argument("--model", metavar="DIR", help="fine-tuned model directory")
-    p.add_argument("--root", help="catalogue directory with features (data.root)")
+    _key(p, "--root", key="data.root", path=True, help="catalogue directory with features (data.root)")
     _common(p)
 
 
@@ -65,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a synthetic shop: products with attributes, seller titles, rendered "
                        "photos, and a click log from a position-biased click model. Deterministic by seed; "
                        "runs as parallel Ray tasks.")  # fmt: skip
-    p.add_argument("--out", help="catalogue directory (data.root)")
-    p.add_argument("--products", type=int, help="number of products")
+    _key(p, "--out", key="data.root", path=True, help="catalogue directory (data.root)")
+    _key(
+        p, "--products", key="data.synth.products", type=int, help="number of products (data.synth.products)"
+    )
     _sim_flags(p, "click log")
     _common(p)
 
@@ -77,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Import ../shared/data/fashion-products (styles.csv + images/). It has no "
                            "click log: impressions are simulated from its attributes and marked as such.")  # fmt: skip
     p.add_argument("--src", required=True, help="the fashion-products folder")
-    p.add_argument("--out", required=True, help="catalogue directory to write")
+    _key(
+        p, "--out", key="data.root", path=True, required=True, help="catalogue directory to write (data.root)"
+    )
     _sim_flags(p, "simulated click log")
     _common(p)
     p = imp_sub.add_parser("table", help="your own catalogue from CSV or Parquet",
@@ -85,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "--impressions, a click log is simulated from the category and --attr-cols.")  # fmt: skip
     p.add_argument("--products", required=True, help="products table (.csv, .tsv or .parquet)")
     p.add_argument("--images", required=True, help="folder the image column's paths are relative to")
-    p.add_argument("--out", required=True, help="catalogue directory to write")
+    _key(
+        p, "--out", key="data.root", path=True, required=True, help="catalogue directory to write (data.root)"
+    )
     p.add_argument("--id-col", required=True, help="column with the product id")
     p.add_argument("--title-col", required=True, help="column with the title")
     p.add_argument("--category-col", required=True, help="column with the leaf category")
@@ -101,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a catalogue, quarantine bad rows, print counts",
                        description="Check the whole data contract. Bad rows are reported with file, row and "
                        "reason and written to quarantine.parquet; counts in = kept + quarantined.")  # fmt: skip
-    p.add_argument("root", help="catalogue directory")
+    p.add_argument("path:data.root", metavar="root", help="catalogue directory")
     p.add_argument("--strict", action="store_true", help="exit 1 if any row was quarantined")
     _common(p)
 
@@ -110,10 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "RoI patch features from a CNN actor pool (GPUs where present), 32x32 pixel patches, "
                        "streamed to a versioned feature store (<root>/features/<version>/). Bad images are "
                        "quarantined with their reason.")  # fmt: skip
-    p.add_argument("root", help="catalogue directory (validated)")
-    p.add_argument("--backbone", help="efficientnet-lite0 (packaged), an HF model id or a local directory")
-    p.add_argument("--whole-image", action="store_true", help="FashionBERT-style grid patches, no RoI")
-    p.add_argument("--out", help="feature store root (default <root>/features)")
+    p.add_argument("path:data.root", metavar="root", help="catalogue directory (validated)")
+    _key(p, "--backbone", key="data.features.backbone",
+         help="efficientnet-lite0 (packaged), an HF model id or a local directory")  # fmt: skip
+    _key(p, "--whole-image", key="data.features.roi", action="store_const", const=False,
+         help="FashionBERT-style grid patches, no RoI (data.features.roi=false)")  # fmt: skip
+    _key(p, "--out", key="data.features.out", path=True, help="feature store root (default <root>/features)")
     _common(p)
 
     p = sub.add_parser("pretrain", help="pretrain CE-BERT (MLM, masked patches, text-image match) on Ray Train",
@@ -129,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "queries and adversarial learning by preset. Settings are under finetune.* .")  # fmt: skip
     p.add_argument("--preset", help="twinbert | fashionbert | cebert | acebert | patch | roi_patch | "
                    "roi_patch_pixel | none | hot_query | adversarial (finetune.preset)")  # fmt: skip
-    p.add_argument("--init", help="pretrained model directory to start from (finetune.init_from)")
+    _key(p, "--init", key="finetune.init_from", path=True,
+         help="pretrained model directory to start from (finetune.init_from)")  # fmt: skip
     _train_flags(p, "finetune")
 
     p = sub.add_parser("evaluate", help="GAUC, Recall@K (exact and FAISS), MRR, nDCG vs the baselines",
@@ -150,12 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(presets) with every seed in reproduce.seeds, plus the baselines; write a report with "
                        "mean and spread per cell, the matching-loss curves with and without adversarial learning "
                        "(Fig. 6) and embedding maps (Fig. 7). Settings are under reproduce.* .")  # fmt: skip
-    p.add_argument("--data", dest="root", help="catalogue directory, validated (data.root)")
-    p.add_argument(
-        "--resume",
-        help="an earlier report directory: continue there, training only the rows and "
-        "seeds it lacks (reproduce.resume)",
-    )
+    _key(p, "--data", key="data.root", path=True, help="catalogue directory, validated (data.root)")
+    _key(p, "--resume", key="reproduce.resume", path=True, help="an earlier report directory: continue there, "
+         "training only the rows and seeds it lacks (reproduce.resume)")  # fmt: skip
     _common(p)
 
     p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
@@ -171,27 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """Flag shorthands first, so explicit key=value overrides win."""
-    flags = {"products": "data.synth.products", "days": "data.synth.days", "sessions": "data.synth.sessions",
-             "seed": "data.synth.seed", "root": "data.root",
-             "workers": {"pretrain": "pretrain.train.workers",
-                         "finetune": "finetune.train.workers"}.get(args.command, "data.synth.workers"),
-             "init": "finetune.init_from", "resume": "reproduce.resume",
-             "backbone": "data.features.backbone",
-             "out": "data.features.out" if args.command == "features" else "data.root"}  # fmt: skip
-    out = [
-        f"{key}={getattr(args, name)}" for name, key in flags.items() if getattr(args, name, None) is not None
-    ]
-    if getattr(args, "whole_image", False):
-        out.append("data.features.roi=false")
+    """The command's flag shorthands first, so explicit key=value overrides win."""
+    out = []
+    for dest, value in vars(args).items():
+        kind, _, key = dest.partition(":")
+        if value is None or kind not in ("key", "path"):
+            continue
+        out.append(f"{key}={Path(value).expanduser().resolve() if kind == 'path' else value}")
     return out + list(args.overrides)
 
 
 def _absolute_paths(args: argparse.Namespace) -> None:
-    # Paths given on the command line are relative to where the user is, not to the workspace.
-    for name in ("out", "root", "init", "model", "resume"):
-        if getattr(args, name, None):
-            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+    # File arguments are relative to where the user is, not to the workspace.
+    for name in ("products", "images", "impressions", "src", "model"):
+        if isinstance(getattr(args, name, None), str):
+            setattr(args, name, str(Path(getattr(args, name)).expanduser().resolve()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, SchemaError, FileNotFoundError) as exc:
+    except (ConfigError, SchemaError, FeatureMismatch, FileNotFoundError) as exc:
         print(f"ace-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

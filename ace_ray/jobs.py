@@ -103,7 +103,8 @@ def features(workload: Workload) -> dict:
     with tracking.start_run(workload, "features", tags={"stage": "features"}):
         stats = build_features(root, cfg, out)
         hot = write_hot_queries(root, workload.data.test_days, workload.data.text.hot_k)
-        stats["products_with_hot_queries"] = len(read_hot_queries(root))
+        stats["products_with_hot_queries"] = len(read_hot_queries(root, workload.data.test_days,
+                                                                  workload.data.text.hot_k))  # fmt: skip
         tracking.log_metrics(stats)
         tracking.log_artifact(Path(stats["store"]) / "stats.json")
         tracking.log_artifact(Path(stats["store"]) / "manifest.json")
@@ -195,7 +196,9 @@ def distill(workload: Workload, model_dir: str | Path | None = None, run_id: str
                 model_dir, root, workload.data.test_days, cfg, out, workload.finetune.train.seed
             )
             data = load_eval_data(root, store, workload.data.test_days)
-            teacher = TowerRetriever(model_dir, store, root, workload.eval, name="teacher")
+            teacher = TowerRetriever(
+                model_dir, store, root, workload.eval, workload.data.test_days, name="teacher"
+            )
             ks = list(workload.eval.ks)
             res = {"teacher": evaluate_method(teacher, data, ks)["metrics"]}
             # The student searches the teacher's product embeddings: only the query side changes.

@@ -97,6 +97,18 @@ def find_run(workload: Workload, tag: str, value: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def run_workload(workload: Workload, run_id: str) -> Workload:
+    """The workload run ``run_id`` was started with (its ``workload.yaml`` artefact)."""
+    import mlflow
+    import yaml
+
+    from ace_ray.config import from_dict
+
+    mlflow.set_tracking_uri(tracking_uri(workload))
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/workload.yaml")
+    return from_dict(Workload, yaml.safe_load(text))
+
+
 def download_model(workload: Workload, run_id: str, dst: str | Path) -> Path:
     """The ``model`` artefact of run ``run_id`` (a model directory), copied under ``dst``."""
     import mlflow

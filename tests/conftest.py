@@ -35,6 +35,10 @@ def _mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+# The feature settings of ``featurised_shop``'s store: a workload on that shop must name them to select it.
+SHOP_FEATURES = ("data.features.cnn_input=64", "data.features.grid=2")
+
+
 def small_workload(root: Path, **synth) -> Workload:
     wl = Workload(workspace=str(root.parent))
     wl.data.root = str(root)
@@ -72,7 +76,7 @@ def featurised_shop(tmp_path_factory, ray_session):
     build_features(root, FeaturesConfig(cnn_input=64, grid=2, batch_size=32))
     write_hot_queries(root, test_days=1)
     w = load_workload(None, [f"workspace={tmp}", f"data.root={root}", "data.test_days=1", "model.init=random",
-                             "model.size=tiny", "model.layers=2"])  # fmt: skip
+                             "model.size=tiny", "model.layers=2", *SHOP_FEATURES])  # fmt: skip
     return w, root, fs.for_workload(w)
 
 

@@ -1,6 +1,7 @@
 """The command line: help everywhere, commands that run for real and record MLflow runs."""
 
 import os
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -96,3 +97,86 @@ def test_features_command_builds_store_and_hot_queries(tmp_path, ray_session, ca
     run = [r for r in _runs() if r.info.run_name == "features"][0]
     assert run.data.metrics["featurised"] == 20 and run.data.metrics["images_per_s"] > 0
     assert run.data.params["data.features.grid"] == "2"
+
+
+# Placeholders of the README's command lines, and values to parse them with.
+_PLACEHOLDERS = {"N": "2", "RUN": "finetune-acebert-x", "RUN_ID": "0123abcd", "DIR": "some/dir",
+                 "PRETRAINED_MODEL_DIR": "runs/p/checkpoint_000001/model", "REPORT_DIR": "reports/r"}  # fmt: skip
+
+
+def _readme_commands() -> list[str]:
+    """The ``ace-ray ...`` lines of the README's Commands block, continuations joined, comments dropped."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [
+        c.split("#")[0].strip() for c in block.replace("\\\n", " ").splitlines() if c.startswith("ace-ray ")
+    ]
+
+
+def _variants(line: str) -> list[list[str]]:
+    """The command without its optional [...] parts, and with all of them (first of any a|b choice)."""
+    minimal, full, depth = [], [], 0
+    for ch in line:
+        depth += ch == "["
+        if depth == 0:
+            minimal.append(ch)
+        if ch not in "[]" or depth > 1:
+            full.append(ch)
+        depth -= ch == "]"
+    out = []
+    for text in ("".join(minimal), "".join(full)):
+        words = [w for w in text.split(" | ")[0].split() if w != "..."]
+        words = [_PLACEHOLDERS.get(w, w.split("|")[0]) for w in words]
+        out.append(words[1:])
+    return out
+
+
+@pytest.mark.parametrize("line", _readme_commands(), ids=lambda s: " ".join(s.split()[:3]))
+def test_every_readme_command_parses_into_a_valid_workload(line):
+    from ace_ray.cli import _overrides, build_parser
+    from ace_ray.model.presets import load_with_preset
+
+    for argv in _variants(line):
+        args = build_parser().parse_args(argv)
+        load_with_preset(args.workload, _overrides(args), getattr(args, "preset", None))
+
+
+def test_flag_shorthands_belong_to_their_command(tmp_path, monkeypatch):
+    from ace_ray.cli import _absolute_paths, _overrides, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    # `import table --products` is a file, `synth --products` a count: one global table read the file
+    # name as an integer.
+    args = build_parser().parse_args(["import", "table", "--products", "my.csv", "--images", "img", "--out",
+                                      "out", "--id-col", "a", "--title-col", "b", "--category-col", "c",
+                                      "--image-col", "d", "--seed", "4"])  # fmt: skip
+    _absolute_paths(args)
+    assert args.products == str(tmp_path / "my.csv") and args.images == str(tmp_path / "img")
+    assert _overrides(args) == [f"data.root={tmp_path / 'out'}", "data.synth.seed=4"]
+    args = build_parser().parse_args(["synth", "--products", "12", "--out", "shop", "data.synth.products=13"])
+    assert _overrides(args) == [
+        f"data.root={tmp_path / 'shop'}",
+        "data.synth.products=12",
+        "data.synth.products=13",
+    ]
+    # A training run's --resume is a run name, not a path, and not reproduce.resume.
+    args = build_parser().parse_args(["finetune", "--resume", "finetune-acebert-1", "--workers", "1"])
+    assert args.resume == "finetune-acebert-1" and _overrides(args) == ["finetune.train.workers=1"]
+    args = build_parser().parse_args(["reproduce", "--resume", "reports/r"])
+    assert _overrides(args) == [f"reproduce.resume={tmp_path / 'reports' / 'r'}"]
+    args = build_parser().parse_args(["features", "shop", "--whole-image"])
+    assert _overrides(args) == [f"data.root={tmp_path / 'shop'}", "data.features.roi=False"]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_resuming_a_run_that_does_not_exist_is_an_error(command, tmp_path, ray_session, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / f"{command}-20260101-000000-abcd").mkdir(parents=True)
+    assert main([command, "--resume", "no-such-run", f"workspace={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume no-such-run: no such run in" in err and f"{command}-20260101-000000-abcd" in err
+    assert not (tmp_path / "no-such-run").exists() and not list(tmp_path.glob("runs/no-such-run*"))
+    # A run that stopped before its first checkpoint has nothing to resume from.
+    assert main([command, "--resume", f"{command}-20260101-000000-abcd", f"workspace={tmp_path}"]) == 2
+    assert "before its first checkpoint" in capsys.readouterr().err

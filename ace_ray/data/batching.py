@@ -3,9 +3,9 @@
 Fine-tuning: the (query, clicked product) pairs of the train days are split at random into P partitions;
 inside a partition they are ordered by category; batches are cut from that order, so a batch holds mostly
 one category (hard in-batch negatives) when P is small and a random mix when P is large. The batch order is
-shuffled every epoch. Each row of the resulting Ray Dataset is one whole batch, so ``streaming_split``
-(what Ray Train's ``get_dataset_shard`` uses) hands each worker whole batches and every pair is seen once
-per epoch across all workers.
+shuffled every epoch. Each written file holds one whole batch; the training workers deal the files among
+themselves by an ``EpochPlan`` (``ace_ray.data.plan``), so every worker trains on whole batches and every
+pair is seen once per epoch across all workers, in an order fixed by (seed, epoch).
 
 The pretraining stream is in ``pretrain_set``.
 """
@@ -24,8 +24,9 @@ import ray
 from ace_ray.config import BatchConfig, TextConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
-from ace_ray.data.clicks import train_clicks
-from ace_ray.data.hot_queries import build_hot_queries
+from ace_ray.data.clicks import clean_clicks
+from ace_ray.data.hot_queries import hot_queries_path, read_hot_queries
+from ace_ray.data.plan import file_index
 from ace_ray.data.validate import load_clean
 
 BATCHES_DIR = "finetune_batches"
@@ -59,7 +60,7 @@ def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
 def finetune_pairs(root: str | Path, test_days: int) -> pd.DataFrame:
     """(pair_id, query, product_id, category) for every usable train-day click."""
     products, _ = load_clean(root)
-    clicks = train_clicks(root, test_days).to_pandas()
+    clicks = clean_clicks(root, test_days)
     pairs = clicks.merge(products[["product_id", "category"]], on="product_id", how="inner")
     pairs = pairs.sort_values(["day", "session_id", "product_id"], kind="stable").reset_index(drop=True)
     return pairs.assign(pair_id=np.arange(len(pairs)))[["pair_id", "query", "product_id", "category"]]
@@ -96,7 +97,7 @@ def build_finetune_batches(
 ) -> dict:
     """Plan the batches, join pairs with features and hot queries, and write one row per batch to ``out``.
 
-    The join is done once; every epoch then streams the written batches (see ``finetune_dataset``).
+    The join is done once; every epoch then reads the written batches (see ``ace_ray.data.plan``).
     """
     root = Path(root).resolve()
     products, _ = load_clean(root)
@@ -105,7 +106,7 @@ def build_finetune_batches(
                                      batches.seed)  # fmt: skip
     pairs = pairs.merge(products[["product_id", "title"]], on="product_id")
     feats = store.dataset(["patch_features", "pixels"])
-    hot = build_hot_queries(root, test_days, text_cfg.hot_k).drop_columns(["hot_clicks"])
+    hot = ray.data.from_pandas(read_hot_queries(root, test_days, text_cfg.hot_k).drop(columns=["hot_clicks"]))
     n_parts = max(1, min(16, len(pairs) // 2000))
     manifest = store.manifest
     out = Path(out)
@@ -126,24 +127,18 @@ def build_finetune_batches(
             "batches": int(pairs["batch_id"].max() + 1) if len(pairs) else 0}  # fmt: skip
 
 
-def finetune_dataset(batch_dir: str | Path, columns: list[str] | None = None) -> ray.data.Dataset:
-    """The fine-tune stream: one row (one whole batch) per block, in a new random order on every pass;
-    only ``columns`` (a text-only model need not read the image arrays)."""
-    # Blocks are what streaming_split deals out: one batch per block lets every worker get its share.
-    ds = ray.data.read_parquet(str(batch_dir), shuffle="files", file_extensions=["parquet"], columns=columns)
-    return ds.repartition(target_num_rows_per_block=1)
-
-
 def cached_finetune_batches(
     root: str | Path, store: fs.FeatureStore, test_days: int, batches: BatchConfig, text_cfg: TextConfig
 ) -> tuple[Path, dict]:
     """``build_finetune_batches`` into ``<root>/finetune_batches/<key>/``, reused while the features, the
     batching and the text settings are the same; (directory, its counts)."""
-    blob = json.dumps([store.manifest.version, test_days, dataclasses.asdict(batches),
-                       dataclasses.asdict(text_cfg)], sort_keys=True)  # fmt: skip
+    # The hot-query key names the split and the click log's version: new clicks, new batches.
+    blob = json.dumps([store.manifest.version, hot_queries_path(root, test_days, text_cfg.hot_k).name,
+                       dataclasses.asdict(batches), dataclasses.asdict(text_cfg)], sort_keys=True)  # fmt: skip
     out = Path(root).resolve() / BATCHES_DIR / hashlib.sha256(blob.encode()).hexdigest()[:12]
     if (out / DONE).is_file():
         return out, json.loads((out / DONE).read_text())
     stats = build_finetune_batches(root, store, test_days, batches, text_cfg, out)
+    file_index(out, sort_column="batch_id")  # the plan's file order, by batch id, stored with the batches
     (out / DONE).write_text(json.dumps(stats))
     return out, stats

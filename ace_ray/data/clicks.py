@@ -1,7 +1,8 @@
 """Training clicks: the clicked impressions of the train days, never a test day, never a quarantined row.
 
-Everything that feeds training (hot queries, fine-tune pairs) reads clicks through ``train_clicks``, so the
-day split is enforced in one place.
+Everything that feeds training (hot queries, fine-tune pairs) and evaluation's view of the train days (cold
+products, query bands) reads clicks through ``clean_clicks``, so the day split and the cleaning are done in
+one place, one way.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-import ray
 
+from ace_ray.config import ConfigError
 from ace_ray.data.schema import IMPRESSIONS_FILE
 from ace_ray.data.summary import split_days
-from ace_ray.data.validate import read_quarantine
+from ace_ray.data.validate import load_clean
 
 
 def first_test_day(root: str | Path, test_days: int) -> dt.date:
@@ -26,21 +27,34 @@ def first_test_day(root: str | Path, test_days: int) -> dt.date:
     return test[0] if test else train[-1] + dt.timedelta(days=1)
 
 
-def train_clicks(root: str | Path, test_days: int) -> ray.data.Dataset:
-    """A Ray Dataset of (day, session_id, query, product_id) for every usable click before the test days."""
+def train_split(root: str | Path, test_days: int) -> dict:
+    """The split a training run reads: the number of test days and the first of them (ISO). Saved with
+    every fine-tuned model, so evaluation can refuse a model trained on its test days."""
+    return {"test_days": test_days, "first_test_day": first_test_day(root, test_days).isoformat()}
+
+
+def check_split(model_split: dict | None, root: str | Path, test_days: int, what: str) -> None:
+    """Refuse to evaluate (or index) a model on another split than it was trained on: with fewer test days
+    its training clicks would be scored as test clicks; with more, its hot queries would not be the ones
+    of the days it learnt from."""
+    if not model_split:
+        return  # models saved before splits were recorded
+    now = train_split(root, test_days)
+    if model_split["first_test_day"] != now["first_test_day"]:
+        raise ConfigError(
+            f"{what} was trained on clicks before {model_split['first_test_day']} (data.test_days="
+            f"{model_split['test_days']}); this workload's test days start on {now['first_test_day']} "
+            f"(data.test_days={test_days}): use data.test_days={model_split['test_days']}"
+        )
+
+
+def clean_clicks(root: str | Path, test_days: int) -> pd.DataFrame:
+    """(day, session_id, query, product_id) of every usable click before the test days: the validated
+    impressions (quarantined rows dropped, the first copy of a duplicate kept, exactly as evaluation reads
+    them) whose product is in the validated catalogue."""
     root = Path(root).resolve()
     cutoff = first_test_day(root, test_days)
-    q = read_quarantine(root)
-    bad_keys = set(q.loc[q["file"] == IMPRESSIONS_FILE, "key"])
-    bad_products = set(q.loc[q["file"] == "products.parquet", "key"])
-
-    def keep(batch: pd.DataFrame) -> pd.DataFrame:
-        day = pd.to_datetime(batch["day"]).dt.date
-        key = batch["session_id"].astype(str) + "#" + batch["position"].astype(str)
-        ok = batch["clicked"].astype(bool) & (day < cutoff) & ~key.isin(bad_keys)
-        ok &= ~batch["product_id"].isin(bad_products)
-        return batch.loc[ok, ["day", "session_id", "query", "product_id"]]
-
-    ds = ray.data.read_parquet(str(root / IMPRESSIONS_FILE), columns=["day", "session_id", "query", "product_id",
-                                                                      "position", "clicked"])  # fmt: skip
-    return ds.map_batches(keep, batch_format="pandas")
+    products, imp = load_clean(root)
+    day = pd.to_datetime(imp["day"]).dt.date
+    ok = imp["clicked"].astype(bool) & (day < cutoff) & imp["product_id"].isin(set(products["product_id"]))
+    return imp.loc[ok, ["day", "session_id", "query", "product_id"]].reset_index(drop=True)

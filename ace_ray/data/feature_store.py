@@ -177,8 +177,41 @@ def latest(root: str | Path, roi: bool | None = None) -> FeatureStore:
     return stores[-1]
 
 
+# The manifest fields a workload's data.features settings decide (the rest follow from the backbone).
+_SETTINGS = ("backbone", "roi", "grid", "cnn_input", "pixel_size", "pixel_patch")
+
+
 def for_workload(w) -> FeatureStore:
-    """The feature store a workload trains on: the latest under ``data.features.out`` (default
-    ``<data.root>/features``) made with the workload's ``data.features.roi``."""
-    root = w.path(w.data.features.out) if w.data.features.out else w.path(w.data.root) / "features"
-    return latest(root, w.data.features.roi)
+    """The feature store a workload trains on, under ``data.features.out`` (default
+    ``<data.root>/features``): the finished one whose manifest matches every ``data.features`` setting it
+    records (backbone, roi, grid, cnn_input, pixel_size, pixel_patch) and this code's feature version. None,
+    or more than one (the same settings with other weights), is an error that names the fields."""
+    cfg = w.data.features
+    root = w.path(cfg.out) if cfg.out else w.path(w.data.root) / "features"
+    want = {k: getattr(cfg, k) for k in _SETTINGS} | {"code_version": FEATURE_CODE_VERSION}
+    stores = [
+        FeatureStore(m.parent) for m in sorted(Path(root).glob(f"*/{MANIFEST}")) if is_complete(m.parent)
+    ]
+    if not stores:
+        hint = " --whole-image" if cfg.roi is False else ""
+        raise FileNotFoundError(f"{root}: no features yet; run `ace-ray features{hint}`")
+
+    def diff(s: FeatureStore) -> list[str]:
+        have = asdict(s.manifest)
+        return [f"{k}: store has {have[k]!r}, workload {v!r}" for k, v in want.items() if have[k] != v]
+
+    match = [s for s in stores if not diff(s)]
+    if len(match) == 1:
+        return match[0]
+    if not match:
+        near = min(stores, key=lambda s: len(diff(s)))
+        raise FeatureMismatch(
+            f"{root}: no feature store matches the workload's data.features; the nearest, {near.path.name}, "
+            f"differs in {'; '.join(diff(near))}. Run `ace-ray features` with these settings, or set them "
+            "to the store's"
+        )
+    weights = "; ".join(f"{s.path.name}: weights_sha256 {s.manifest.weights_sha256[:12]}" for s in match)
+    raise FeatureMismatch(
+        f"{root}: {len(match)} feature stores match the workload's data.features ({weights}): made from "
+        "different weights of the same backbone; remove the stale one or point data.features.out elsewhere"
+    )

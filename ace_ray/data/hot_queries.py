@@ -1,57 +1,74 @@
 """Hot queries (paper 3.2): for each product the (at most) k most clicked queries of the train days.
 
-A Ray Data aggregation: clicks -> counts per (product, query) -> top k per product. Products with no
-train-day clicks get no row (they have no hot queries, and are the cold products of evaluation).
+An aggregation of the cleaned train-day clicks: counts per (product, query) -> top k per product (pandas: a
+table of clicks, small next to the images; Ray Data's groupby cost more in scheduling). Products with no
+train-day clicks get no row (they have no hot queries, and are the cold products of evaluation). A table
+is stored per split (first test day, k, the click log's version), and every reader names the split it
+wants, so training and evaluation can only ever see the hot queries of their own train days.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
-import ray
 
-from ace_ray.data.clicks import train_clicks
+from ace_ray.data.clicks import clean_clicks, first_test_day
+from ace_ray.data.schema import IMPRESSIONS_FILE, QUARANTINE_FILE
 
 HOT_QUERIES_DIR = "hot_queries"
 
 
-def _top_k(group: pd.DataFrame, k: int) -> pd.DataFrame:
-    # Most clicks first; ties broken by the query text so the result is deterministic.
-    top = group.sort_values(["clicks", "query"], ascending=[False, True]).head(k)
-    return pd.DataFrame(
-        {
-            "product_id": [top["product_id"].iloc[0]],
-            "hot_queries": [top["query"].tolist()],
-            "hot_clicks": [top["clicks"].astype(int).tolist()],
-        }  # fmt: skip
-    )
+def build_hot_queries(root: str | Path, test_days: int, k: int = 10) -> pd.DataFrame:
+    """The hot-query table of catalogue ``root`` (product_id, hot_queries, hot_clicks): per product the k
+    queries with most train-day clicks, most first, ties broken by the query text (deterministic)."""
+    clicks = clean_clicks(root, test_days)
+    counts = clicks.groupby(["product_id", "query"], sort=False).size().rename("clicks").reset_index()
+    top = counts.sort_values(["product_id", "clicks", "query"], ascending=[True, False, True], kind="stable")
+    top = top.groupby("product_id", sort=False).head(k)
+    out = top.groupby("product_id", sort=True).agg(hot_queries=("query", list), hot_clicks=("clicks", list))
+    return out.reset_index().assign(hot_clicks=lambda d: d["hot_clicks"].map(lambda c: [int(x) for x in c]))
 
 
-def build_hot_queries(root: str | Path, test_days: int, k: int = 10) -> ray.data.Dataset:
-    """The hot-query table of catalogue ``root`` as a Ray Dataset (product_id, hot_queries, hot_clicks)."""
-    counts = (
-        train_clicks(root, test_days)
-        .groupby(["product_id", "query"])
-        .count()
-        .rename_columns({"count()": "clicks"})
-    )
-    return counts.groupby("product_id").map_groups(lambda g: _top_k(g, k), batch_format="pandas")
+def _key(root: Path, test_days: int, k: int) -> str:
+    """Names the hot-query table of one split of one version of the click log: the first test day, k, and
+    the impressions and quarantine files as they are now (a re-import or re-validation makes a new table)."""
+    state = [first_test_day(root, test_days).isoformat(), k]
+    for name in (IMPRESSIONS_FILE, QUARANTINE_FILE):
+        st = (root / name).stat()
+        state += [name, st.st_size, st.st_mtime_ns]
+    return f"{state[0]}-k{k}-" + hashlib.sha256(json.dumps(state).encode()).hexdigest()[:8]
+
+
+def hot_queries_path(root: str | Path, test_days: int, k: int = 10) -> Path:
+    """Where the hot-query table of this split (``test_days``) and ``k`` lives."""
+    root = Path(root).resolve()
+    return root / HOT_QUERIES_DIR / _key(root, test_days, k)
 
 
 def write_hot_queries(root: str | Path, test_days: int, k: int = 10) -> Path:
-    """Write the hot-query table to ``<root>/hot_queries/`` (replacing an older one)."""
-    out = Path(root).resolve() / HOT_QUERIES_DIR
-    if out.exists():
-        for f in out.glob("*"):
-            f.unlink()
-    build_hot_queries(root, test_days, k).write_parquet(str(out))
+    """Write (or reuse) the hot-query table of this split under ``<root>/hot_queries/<split key>/``,
+    published whole (written beside it, then renamed)."""
+    out = hot_queries_path(root, test_days, k)
+    if out.is_dir():
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build_hot_queries(root, test_days, k).to_parquet(tmp / "hot_queries.parquet", index=False)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process published the same table first
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def read_hot_queries(root: str | Path) -> pd.DataFrame:
-    """The hot-query table written by ``write_hot_queries``."""
-    path = Path(root) / HOT_QUERIES_DIR
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no hot queries yet; run `ace-ray features {root}`")
-    return pd.read_parquet(path)
+def read_hot_queries(root: str | Path, test_days: int, k: int = 10) -> pd.DataFrame:
+    """The hot-query table of this split (built first if it is not there yet): training and evaluation
+    read it the same way, so a ``features`` run with other test days can never leak into either."""
+    table = pd.read_parquet(write_hot_queries(root, test_days, k) / "hot_queries.parquet")
+    return table.assign(hot_queries=table["hot_queries"].map(list), hot_clicks=table["hot_clicks"].map(list))

@@ -5,7 +5,8 @@
 Pairing inside the batch means the stream carries each product's image once per epoch instead of
 ``1 + negatives`` times; the negatives are still a fresh shuffle every batch. The products are split once,
 by a hash of their id, into a training part and a held-out part (for TIP accuracy and MLM loss on pairs
-training never saw), and written as Parquet so every epoch streams files in a new order.
+training never saw), and written as Parquet files of about ``ROWS_PER_FILE`` products that the training workers
+deal among themselves in a new order every epoch (``ace_ray.data.plan``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import ray
 from ace_ray.config import TextConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
+from ace_ray.data.plan import file_index
 from ace_ray.data.validate import load_clean
 
 SETS_DIR = "pretrain_sets"
 DONE = "_done.json"
-ROWS_PER_FILE = 64  # the unit of file-level shuffling
+ROWS_PER_FILE = 64  # products per file on average: the unit the workers deal out
 
 
 def pair_in_batch(
@@ -53,8 +55,11 @@ def is_held_out(product_ids: pd.Series, share: float, seed: int) -> np.ndarray:
     return (h % 10_000) < int(round(share * 10_000))
 
 
+LAYOUT = 2  # 2: products bucketed by a hash of their id, sorted inside each file (the same files every build)
+
+
 def _key(store: fs.FeatureStore, cfg: TextConfig, holdout: float, seed: int) -> str:
-    blob = json.dumps([store.manifest.version, cfg.tokenizer, cfg.max_title, holdout, seed]).encode()
+    blob = json.dumps([store.manifest.version, cfg.tokenizer, cfg.max_title, holdout, seed, LAYOUT]).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -67,8 +72,13 @@ def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig
     if (out / DONE).is_file():
         return out
     products, _ = load_clean(root)
+    # Files are buckets by a hash of the product id, each sorted by id, so every build of the set holds the
+    # same files with the same rows whatever the join's scheduling did, and a run's data order (which
+    # deals whole files, see ace_ray.data.plan) is the same from one build to the next.
+    buckets = max(1, -(-len(products) // ROWS_PER_FILE))
     titles = products[["product_id", "title"]].assign(
-        split=np.where(is_held_out(products["product_id"], holdout, seed), "holdout", "train")
+        split=np.where(is_held_out(products["product_id"], holdout, seed), "holdout", "train"),
+        bucket=[zlib.crc32(str(p).encode()) % buckets for p in products["product_id"]],
     )
     feats = store.dataset(["patch_features", "pixels"])
 
@@ -82,11 +92,14 @@ def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig
     (
         ray.data.from_pandas(titles)
         .join(feats, join_type="inner", num_partitions=n_parts, on=("product_id",))
-        .map_batches(tokenize, batch_format="pandas")
-        .write_parquet(str(out), partition_cols=["split"], max_rows_per_file=ROWS_PER_FILE)
+        .groupby("bucket")
+        .map_groups(lambda g: tokenize(g.sort_values("product_id")), batch_format="pandas")
+        .write_parquet(str(out), partition_cols=["split", "bucket"])
     )
     counts = {s: int(pd.read_parquet(out / f"split={s}", columns=["product_id"]).shape[0])
               if (out / f"split={s}").is_dir() else 0 for s in ("train", "holdout")}  # fmt: skip
+    if (out / "split=train").is_dir():
+        file_index(out / "split=train")  # the plan's file order, stored with the set
     (out / DONE).write_text(json.dumps({"store": str(store.path), **counts}))
     return out
 
@@ -94,11 +107,6 @@ def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig
 def set_counts(path: str | Path) -> dict:
     """Products per split of a written pretraining set."""
     return json.loads((Path(path) / DONE).read_text())
-
-
-def pretrain_dataset(path: str | Path) -> ray.data.Dataset:
-    """The training products of a pretraining set, files in a new random order on every pass."""
-    return ray.data.read_parquet(str(Path(path) / "split=train"), shuffle="files")
 
 
 def read_holdout(path: str | Path, limit: int) -> pd.DataFrame:

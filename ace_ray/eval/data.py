@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ace_ray.data import feature_store as fs
-from ace_ray.data.clicks import first_test_day
+from ace_ray.data.clicks import clean_clicks, first_test_day
 from ace_ray.data.validate import load_clean
 from ace_ray.eval.metrics import frequency_band
 
@@ -48,7 +48,7 @@ def load_eval_data(root: str | Path, store: fs.FeatureStore, test_days: int) -> 
     index = pd.Series(np.arange(len(catalogue)), index=catalogue["product_id"])
     cutoff = pd.Timestamp(first_test_day(root, test_days))
     day = pd.to_datetime(imp["day"])
-    train, test = imp[day < cutoff], imp[day >= cutoff]
+    test = imp[day >= cutoff]
     if test.empty:
         raise ValueError(f"{root}: no impressions on the last {test_days} day(s): nothing to evaluate on")
     shown = test[test["product_id"].isin(index.index)]
@@ -60,7 +60,7 @@ def load_eval_data(root: str | Path, store: fs.FeatureStore, test_days: int) -> 
     queries, targets = list(grouped.index), list(grouped.to_numpy())
     cats = catalogue["category"].to_numpy()
     query_category = np.array([pd.Series(cats[t]).mode().iloc[0] for t in targets], dtype=object)
-    train_clicks = train[train["clicked"].astype(bool)]
+    train_clicks = clean_clicks(root, test_days)  # the clicks training read, cleaned the same way
     bands = frequency_band(train_clicks["query"].value_counts())
     query_band = np.array([bands.get(q, "tail") for q in queries], dtype=object)
     cold = ~catalogue["product_id"].isin(set(train_clicks["product_id"])).to_numpy()

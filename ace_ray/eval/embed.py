@@ -14,6 +14,7 @@ from ace_ray.config import EvalConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.batching import normalise_pixels
+from ace_ray.data.clicks import check_split
 from ace_ray.data.hot_queries import read_hot_queries
 from ace_ray.eval.baselines import EmbeddingRetriever
 from ace_ray.model.towers import TwoTower, encode_query_texts, load_towers
@@ -56,8 +57,9 @@ class TowerRetriever(EmbeddingRetriever):
     """A fine-tuned model directory as a retriever over a catalogue's feature store."""
 
     def __init__(self, model_dir: str | Path, store: fs.FeatureStore, root: str | Path, cfg: EvalConfig,
-                 name: str = "model"):  # fmt: skip
+                 test_days: int, name: str = "model"):  # fmt: skip
         super().__init__()
+        self.test_days = test_days
         self.model_dir, self.store, self.root, self.cfg, self.name = (
             str(model_dir),
             store,
@@ -69,12 +71,14 @@ class TowerRetriever(EmbeddingRetriever):
         self.towers, info = load_towers(model_dir)
         self.info = info
         store.check(fs.FeatureManifest(**info["feature_manifest"]))
+        check_split(info.get("split"), root, test_days, f"the model in {model_dir}")
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
         return encode_query_texts(self.towers, queries, self.info["text"])
 
     def _embed_products(self, products: pd.DataFrame) -> np.ndarray:
-        hot = read_hot_queries(self.root)[["product_id", "hot_queries"]] if self.towers.hot_queries else None
+        hot = (read_hot_queries(self.root, self.test_days, self.info["text"]["hot_k"])[["product_id", "hot_queries"]]
+               if self.towers.hot_queries else None)  # fmt: skip
         lookup = products[["product_id", "title"]]
         lookup = (
             lookup.merge(hot, on="product_id", how="left")

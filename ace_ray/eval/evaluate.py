@@ -80,7 +80,7 @@ def run_evaluation(model_dir: str | Path | None, root: str | Path, store: fs.Fea
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_eval_data(root, store, test_days)
     methods: list[Retriever] = make_baselines(list(cfg.baselines))
-    model = TowerRetriever(model_dir, store, root, cfg, name) if model_dir else None
+    model = TowerRetriever(model_dir, store, root, cfg, test_days, name) if model_dir else None
     if model is not None:
         methods.insert(0, model)
     results = {}

@@ -52,22 +52,13 @@ def adaptive_weights(losses: dict[str, torch.Tensor], shared: torch.Tensor) -> d
     return {k: (v / total * len(inv)).detach() for k, v in inv.items()}
 
 
-def same_product_mask(product_ids: list) -> torch.Tensor:
-    """[W, W] bool: True off the diagonal where two pairs of a batch hold the same product."""
-    codes = {p: i for i, p in enumerate(dict.fromkeys(product_ids))}
-    c = torch.tensor([codes[p] for p in product_ids])
-    same = c[:, None] == c[None, :]
-    same.fill_diagonal_(False)
-    return same
-
-
 def bidirectional_softmax_loss(
     q: torch.Tensor, a: torch.Tensor, gamma: float, false_negatives: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Eq. 4-5: -1/W (sum_i log P(a_i|q_i) + sum_i log P(q_i|a_i)) with P a softmax over gamma * cosine
     with the batch's other pairs as negatives. ``q`` and ``a`` are L2-normalised [W, d]. Entries of
-    ``false_negatives`` (True where pair j's product is pair i's product) are left out of both softmaxes:
-    they are positives, not negatives."""
+    ``false_negatives`` (True where pair j is a second positive of pair i: see
+    ``objective.false_negative_mask``) are left out of both softmaxes: they are positives, not negatives."""
     logits = gamma * (q.float() @ a.float().T)
     if false_negatives is not None:
         logits = logits.masked_fill(false_negatives.to(logits.device), float("-inf"))

@@ -67,15 +67,15 @@ def restore(model, opt, sched, extra_state: dict | None = None) -> Position | No
     return Position(**state["position"])
 
 
-def resume(model, opt, sched, log, rank: int, micro_per_epoch: int, tag: str,
+def resume(model, opt, sched, log, rank: int, epoch_batches, tag: str,
            extra_state: dict | None = None) -> Position:  # fmt: skip
     """Where this attempt starts: the latest checkpoint's position (the next epoch when its epoch was
-    done), or the beginning. Steps a failed attempt did after its last checkpoint are done again; they
-    are counted and logged (``log`` is the run's ``worker.RunLog``)."""
+    done: ``epoch_batches(epoch)`` micro-batches), or the beginning. Steps a failed attempt did after its
+    last checkpoint are done again; they are counted and logged (``log`` is the run's ``worker.RunLog``)."""
     pos = restore(model, opt, sched, extra_state)
     if pos is None:
         return Position()
-    if pos.micro >= micro_per_epoch:
+    if pos.micro >= epoch_batches(pos.epoch):
         pos.epoch, pos.micro = pos.epoch + 1, 0
     if pos.step and rank == 0:
         redo = max(0, log.last_step("loss") - pos.step)

@@ -17,7 +17,7 @@ import torch
 
 from ace_ray.config import DistillConfig
 from ace_ray.data import text
-from ace_ray.data.clicks import train_clicks
+from ace_ray.data.clicks import clean_clicks
 from ace_ray.model.towers import TwoTower, encode_query_texts, load_towers, save_towers
 
 
@@ -51,7 +51,7 @@ def distill(model_dir: str | Path, root: str | Path, test_days: int, cfg: Distil
     (the student's query tower; the product tower is the teacher's) and return the training figures."""
     teacher, info = load_towers(model_dir)
     text_cfg = info["text"]
-    queries = sorted(set(train_clicks(root, test_days).to_pandas()["query"]))
+    queries = sorted(set(clean_clicks(root, test_days)["query"]))
     if not queries:
         raise ValueError(f"{root}: no train-day clicks: no queries to distil on")
     torch.manual_seed(seed)

@@ -2,18 +2,17 @@
 in-batch negatives (eq. 4-5) on category-partitioned mixed-negative batches, and, by preset, hot queries
 and adversarial learning against a domain classifier D (eq. 6-8).
 
-Each row of the fine-tune stream is one whole planned batch, so every worker trains on whole batches and
-every pair is seen once per epoch. The adversarial game is played in one of two ways behind one switch
-(``finetune.adversarial.mode``): ``alternating`` (k encoder steps minimising L_main - lambda L_adv with
-D fixed, then D steps minimising L_adv with the encoder fixed) or ``grl`` (both at once, the encoder's
-share of the gradient reversed). D is small and is not wrapped in DDP: its gradients are averaged by hand.
+Each file of the fine-tune set is one whole planned batch, dealt to the workers by an ``EpochPlan``, so every
+worker trains on whole batches and every pair is seen once per epoch. The objective (matching loss, false
+negatives, the two ways of playing the adversarial game) is ``ace_ray.model.objective``; this module runs it
+in the shared training loop (``ace_ray.train.loop``). D is small and is not wrapped in DDP: its gradients
+are averaged by hand, and its steps are counted apart from the encoder's optimiser steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,16 @@ from ace_ray import tracking
 from ace_ray.config import Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
-from ace_ray.data.batching import cached_finetune_batches, finetune_dataset, normalise_pixels
-from ace_ray.model.losses import bidirectional_softmax_loss, domain_loss, same_product_mask
-from ace_ray.model.towers import DomainClassifier, build_towers, reverse_gradient, save_towers
+from ace_ray.data.batching import cached_finetune_batches, normalise_pixels
+from ace_ray.data.clicks import train_split
+from ace_ray.data.plan import EpochPlan
+from ace_ray.model.objective import Objective, false_negative_mask, game_stats, inbatch_accuracy
+from ace_ray.model.towers import DomainClassifier, build_towers, save_towers
 from ace_ray.runtime import ensure_ray
-from ace_ray.train import checkpoints, runner, worker
+from ace_ray.train import checkpoints, loop, runner, worker
 
-MODES = ("none", "alternating", "grl")
 TEXT_COLUMNS = ("query_ids", "query_mask", "title_ids", "title_mask", "hot_ids", "hot_mask")
-LOG_KEYS = ("loss", "main", "adv", "d_acc", "centroid_gap", "inbatch_acc", "false_negatives")
+LOG_KEYS = ("loss", "main", "adv", "d_acc", "centroid_gap", "inbatch_acc", "false_negatives", "disc_steps")
 
 
 def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload) -> dict:
@@ -76,174 +76,133 @@ def average_grads(module: torch.nn.Module, world: int) -> None:
                 p.grad /= world
 
 
-def game_stats(q: torch.Tensor, a: torch.Tensor, dq: torch.Tensor | None, da: torch.Tensor | None) -> dict:
-    """What shows whether the adversarial game is healthy: D's accuracy (0.5 = embeddings it cannot tell
-    apart) and the distance between the query and product centroids (the representation gap)."""
-    out = {"centroid_gap": float((q.mean(0) - a.mean(0)).norm())}
-    if dq is not None:
-        out["d_acc"] = float(((dq > 0).float().mean() + (da < 0).float().mean()) / 2)
-    return out
+class Counter:
+    """A checkpointed count (the discriminator's steps, which are not optimiser steps of the encoder)."""
+
+    def __init__(self):
+        self.value = 0
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = int(state["value"])
 
 
-def phase_of(step: int, mode: str, encoder_steps: int, disc_steps: int) -> str:
-    """``encoder`` or ``disc``: in alternating mode, k encoder steps then ``disc_steps`` D steps, repeated."""
-    if mode != "alternating":
-        return "encoder"
-    return "disc" if step % (encoder_steps + disc_steps) >= encoder_steps else "encoder"
+class FinetuneTask(loop.Task):
+    """Two-tower fine-tuning inside the shared loop; the objective is ``ace_ray.model.objective``."""
+
+    tag = "finetune"
+    log_keys = LOG_KEYS
+
+    def __init__(self, config: dict, w: Workload, manifest, world: int, device):
+        self.w, self.manifest, self.world, self.device, self.config = w, manifest, world, device, config
+        ft, adv = w.finetune, w.finetune.adversarial
+        self.objective = Objective.from_config(ft)
+        self.model = ray.train.torch.prepare_model(build_towers(w, manifest.feature_dim, manifest.pixel_dim))
+        self.disc = DomainClassifier(ft.embed_dim, adv.disc_hidden).to(device) if adv.mode != "none" else None
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=adv.disc_lr) if self.disc else None
+        self.disc_steps = Counter()
+        self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", *(["patches"] if w.model.patches else []),
+                        *(["pixels"] if w.model.pixels else [])]  # fmt: skip
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def fingerprint(self, raw) -> int:
+        return int(raw["batch_id"][0])
+
+    def forward(self, raw, seed, step):
+        batch = make_batch(raw, self.manifest, self.w)
+        ids = batch.pop("product_id")
+        mask, counts = false_negative_mask(ids, batch["query_ids"])
+        if not self.w.finetune.mask_false_negatives:
+            mask = None
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        q, a = self.model(batch)
+        loss, parts = self.objective.encoder_loss(q, a, self.disc, mask)
+        self.last = (q.detach(), a.detach())
+        metrics = {"loss": float(loss), "main": float(parts["main"]), "inbatch_acc": inbatch_accuracy(q, a, mask),
+                   **{k: float(v) for k, v in counts.items()}, **game_stats(q, a, parts.get("dq"), parts.get("da"))}  # fmt: skip
+        if "adv" in parts:
+            metrics["adv"] = float(parts["adv"])
+        return loss, metrics, len(q)
+
+    def after_step(self, step):
+        """D's turn: with gradient reversal, the gradient this step's backward gave it; in alternating mode,
+        ``disc_steps`` steps on this batch's embeddings after every ``encoder_steps`` encoder steps."""
+        if self.disc is None:
+            return {}
+        out = {}
+        if self.objective.steps_disc_with_encoder():
+            self._disc_update()
+        elif self.objective.disc_due(step):
+            for _ in range(self.objective.disc_steps):
+                d_loss = self.objective.disc_loss(*self.last, self.disc)
+                d_loss.backward()
+                self._disc_update()
+                out["d_loss"] = float(d_loss)
+        self.opt_d.zero_grad(set_to_none=True)
+        return {**out, "disc_steps": float(self.disc_steps.value)}
+
+    def _disc_update(self) -> None:
+        average_grads(self.disc, self.world)
+        self.opt_d.step()
+        self.opt_d.zero_grad(set_to_none=True)
+        self.disc_steps.value += 1
+
+    def extra_state(self):
+        return {"disc": self.disc, "disc_opt": self.opt_d, "disc_steps": self.disc_steps} if self.disc else {}
+
+    def write_model(self, d: Path) -> None:
+        w = self.w
+        save_towers(checkpoints.unwrap(self.model), d / checkpoints.MODEL_DIR, w.data.text.tokenizer,
+                    {"feature_manifest": self.config["manifest"], "preset": w.finetune.preset,
+                     "text": dataclasses.asdict(w.data.text), "split": self.config["split"]})  # fmt: skip
 
 
 def train_loop(config: dict) -> dict:
     """One Ray Train worker."""
     w, tc, rank, world, device, manifest = worker.start(config, "finetune")
-    ft, adv = w.finetune, w.finetune.adversarial
-    towers = build_towers(w, manifest.feature_dim, manifest.pixel_dim)
-    disc = DomainClassifier(ft.embed_dim, adv.disc_hidden).to(device) if adv.mode != "none" else None
-    model = ray.train.torch.prepare_model(towers)
-    total, micro_per_epoch = config["total_steps"], config["micro_per_epoch"]
-    opt, sched = worker.optimizer_and_schedule(model, tc, total)
-    extra = {}
-    if disc is not None:
-        opt_d = torch.optim.AdamW(disc.parameters(), lr=adv.disc_lr)
-        extra = {"disc": disc, "disc_opt": opt_d}
-    log = worker.RunLog(config["tracking_uri"], config["mlflow_run_id"], rank == 0)
-    pos = checkpoints.resume(model, opt, sched, log, rank, micro_per_epoch, "finetune", extra)
-    shard = ray.train.get_dataset_shard("train")
-    meter, epoch_meter = worker.Meter(total, pos.step), worker.Meter(total, pos.step)
-    samples_seen, steady, last_loss = 0, None, float("inf")
-    model.train()
-    while pos.step < total:
-        for i, raw in enumerate(shard.iter_batches(batch_size=1, batch_format="numpy")):
-            if i < pos.micro:
-                continue  # consumed before the restart
-            if i >= micro_per_epoch or pos.step >= total:
-                break
-            torch.manual_seed(worker.seed_for(tc.seed, rank, pos.epoch, i))  # dropout
-            batch = make_batch(raw, manifest, w)
-            fn = same_product_mask(batch.pop("product_id")) if ft.mask_false_negatives else None
-            batch = {k: v.to(device) for k, v in batch.items()}
-            phase = phase_of(pos.step, adv.mode, adv.encoder_steps, adv.disc_steps)
-            sync = (pos.micro + 1) % tc.grad_accum == 0
-            with worker.no_sync(model, sync), worker.autocast(device, tc.bf16):
-                if phase == "disc":
-                    with torch.no_grad():
-                        q, a = model(batch)
-                    main = bidirectional_softmax_loss(q, a, ft.gamma, fn)
-                    dq, da = disc(q), disc(a)
-                    l_adv = domain_loss(dq, da)
-                    (l_adv / tc.grad_accum).backward()
-                    loss = main - adv.weight * l_adv
-                else:
-                    q, a = model(batch)
-                    main = bidirectional_softmax_loss(q, a, ft.gamma, fn)
-                    dq = da = l_adv = None
-                    loss = main
-                    if adv.mode == "alternating":
-                        dq, da = disc(q), disc(a)
-                        l_adv = domain_loss(dq, da)
-                        loss = main - adv.weight * l_adv
-                    elif adv.mode == "grl":
-                        dq, da = disc(reverse_gradient(q, adv.weight)), disc(reverse_gradient(a, adv.weight))
-                        l_adv = domain_loss(dq, da)
-                        loss = main + l_adv  # D descends L_adv; the reversal makes the encoder ascend it
-                    (loss / tc.grad_accum).backward()
-            pos.micro += 1
-            with torch.no_grad():
-                hits = (q @ a.T).argmax(1) == torch.arange(len(q), device=q.device)
-                step_metrics = {"loss": float(loss), "main": float(main), "inbatch_acc": float(hits.float().mean()),
-                                "false_negatives": float(fn.sum()) if fn is not None else 0.0,
-                                **game_stats(q, a, dq, da)}  # fmt: skip
-                if l_adv is not None:
-                    step_metrics["adv"] = float(l_adv)
-            samples_seen += len(q) * world
-            meter.add(step_metrics, len(q) * world)
-            epoch_meter.add(step_metrics, len(q) * world)
-            if not sync:
-                continue
-            if phase == "encoder":
-                if tc.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-                opt.step()
-            if disc is not None and (phase == "disc" or adv.mode == "grl"):
-                average_grads(disc, world)
-                opt_d.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if disc is not None:
-                opt_d.zero_grad(set_to_none=True)  # also drops what D collected while the encoder stepped
-            pos.step += 1
-            last_loss = float(main)
-            if steady is None:  # throughput from the first step on (start-up excluded)
-                steady = (time.perf_counter(), samples_seen)
-            if rank == 0:
-                log.metrics({**step_metrics, "lr": sched.get_last_lr()[0], "disc_phase": float(phase == "disc")},
-                            pos.step)  # fmt: skip
-            if pos.step % tc.log_every == 0 or pos.step == total:
-                m = meter.flush()
-                if rank == 0:
-                    log.metrics({"samples_per_s": m["samples_per_s"]}, pos.step)
-                    print(worker.progress_line("finetune", pos, total, m, LOG_KEYS, meter))
-            if pos.step % tc.checkpoint_every == 0 and pos.step < total:
-                checkpoints.report({"step": pos.step, "loss": last_loss}, model, opt, sched, pos, rank,
-                                   extra_state=extra)  # fmt: skip
-        if pos.step < total or pos.micro >= micro_per_epoch:
-            pos.epoch, pos.micro = pos.epoch + 1, 0
-            if rank == 0:
-                log.metrics(epoch_meter.flush(), pos.epoch, prefix="epoch_")
-    rate = (samples_seen - steady[1]) / (time.perf_counter() - steady[0]) if steady else 0.0
-
-    def write_model(d: Path) -> None:
-        save_towers(checkpoints.unwrap(model), d / checkpoints.MODEL_DIR, w.data.text.tokenizer,
-                    {"feature_manifest": config["manifest"], "preset": ft.preset,
-                     "text": dataclasses.asdict(w.data.text)})  # fmt: skip
-
-    checkpoints.report({"step": pos.step, "loss": last_loss}, model, opt, sched, pos, rank,
-                       extra_dir=write_model, extra_state=extra)  # fmt: skip
-    return {"step": pos.step, "steps_repeated": pos.steps_repeated, "samples_per_s": rate, "loss": last_loss}
+    return loop.run(FinetuneTask(config, w, manifest, world, device), config, tc, rank, world, device)
 
 
-def plan_steps(w: Workload, batches: int, world: int) -> tuple[int, int]:
-    """(batches per worker per epoch, total optimiser steps); a clear error when there are too few."""
+def plan_steps(w: Workload, batch_dir: Path, world: int) -> tuple[EpochPlan, int]:
+    """(the data plan over the planned batches, total optimiser steps); a clear error when there are too
+    few batches."""
     tc = w.finetune.train
-    micro = batches // world
-    if micro < tc.grad_accum:
-        raise ValueError(f"{batches} fine-tune batches give {micro} per worker on {world} workers, fewer than "
-                         f"grad_accum={tc.grad_accum}: use fewer workers or a smaller data.batches.batch_size")  # fmt: skip
-    return micro, tc.max_steps or tc.epochs * (micro // tc.grad_accum)
+    plan = EpochPlan.for_directory(batch_dir, world, 1, tc.seed, sort_column="batch_id", grad_accum=tc.grad_accum,
+                                   window=1)  # fmt: skip
+    if plan.batches(0) < tc.grad_accum:
+        raise ValueError(f"{len(plan.files)} fine-tune batches give {plan.batches(0)} per worker on {world} workers, "
+                         f"fewer than grad_accum={tc.grad_accum}: use fewer workers or a smaller "
+                         "data.batches.batch_size")  # fmt: skip
+    return plan, tc.max_steps or plan.steps(tc.epochs)
 
 
 def run_finetune(w: Workload, run_name: str | None = None) -> dict:
     """Fine-tune the two towers on the workload's click log; the result with the model directory.
     ``run_name`` of an interrupted run resumes it from its latest checkpoint."""
     ft, tc = w.finetune, w.finetune.train
-    if ft.adversarial.mode not in MODES:
-        raise ValueError(
-            f"finetune.adversarial.mode: unknown mode {ft.adversarial.mode!r}; one of {', '.join(MODES)}"
-        )
-    if not 0 <= ft.hot_query_dropout <= 1:
-        raise ValueError(
-            f"finetune.hot_query_dropout: expected a share in [0, 1], got {ft.hot_query_dropout}"
-        )
     ensure_ray(w.ray)
     # Workers run elsewhere: every path they read must be absolute.
     w = dataclasses.replace(w, workspace=str(w.path(".")))
+    existing = runner.check_resume(w, run_name)
+    if ft.init_from:
+        runner.check_model_dir(w.path(ft.init_from), "finetune.init_from")
     root = w.path(w.data.root)
     store = fs.for_workload(w)
     batch_dir, counts = cached_finetune_batches(root, store, w.data.test_days, w.data.batches, w.data.text)
-    micro, total = plan_steps(w, counts["batches"], tc.workers)
+    plan, total = plan_steps(w, batch_dir, tc.workers)
     use_gpu = runner.wants_gpu(tc)
-    existing = tracking.find_run(w, "ray_run_name", run_name) if run_name else None
     name = runner.run_name(f"finetune-{ft.preset}", run_name)
     tags = {"stage": "finetune", "preset": ft.preset, "ray_run_name": name}
     with tracking.start_run(w, f"finetune-{ft.preset}", tags=tags, run_id=existing) as run:
-        tracking.log_metrics({"pairs": counts["pairs"], "batches": counts["batches"], "total_steps": total})
+        tracking.log_metrics({"pairs": counts["pairs"], "batches": counts["batches"], "total_steps": total,
+                              "micro_batches_per_epoch": plan.batches(0)})  # fmt: skip
         loop_config = {"workload": to_dict(w), "manifest": dataclasses.asdict(store.manifest), "use_gpu": use_gpu,
-                       "total_steps": total, "micro_per_epoch": micro, "tracking_uri": tracking.tracking_uri(w),
-                       "mlflow_run_id": run.info.run_id}  # fmt: skip
+                       "total_steps": total, "plan": plan.to_dict(), "tracking_uri": tracking.tracking_uri(w),
+                       "mlflow_run_id": run.info.run_id, "split": train_split(root, w.data.test_days)}  # fmt: skip
         print(f"[finetune] preset {ft.preset}: {counts['pairs']:,} pairs in {counts['batches']:,} batches of "
               f"{w.data.batches.batch_size} (P={w.data.batches.partitions}), {tc.workers} workers"
               f"{' on GPUs' if use_gpu else ''}, {total} steps; Ray Train run {name}")  # fmt: skip
-        columns = [*TEXT_COLUMNS, "product_id", *(["patches"] if w.model.patches else []),
-                   *(["pixels"] if w.model.pixels else [])]  # fmt: skip
-        data = {"train": finetune_dataset(batch_dir, columns)}
-        trainer = runner.trainer_for(w, tc, name, train_loop, loop_config, data)
+        trainer = runner.trainer_for(w, tc, name, train_loop, loop_config)
         return runner.fit(trainer, run, name)

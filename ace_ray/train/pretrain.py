@@ -1,14 +1,14 @@
 """CE-BERT pretraining on Ray Train: MLM + masked patch modelling (KL) + text-image match (paper 2.2).
 
-The driver (``run_pretrain``) builds the pretraining set, opens the MLflow run and starts a
-``TorchTrainer``; every worker runs ``train_loop`` on its ``streaming_split`` shard of the product stream,
-pairing titles and images inside each batch (1 positive : ``negatives`` shuffled negatives).
+The driver (``run_pretrain``) builds the pretraining set, plans its epochs, opens the MLflow run and starts a
+``TorchTrainer``; every worker runs the shared loop (``ace_ray.train.loop``) with a ``PretrainTask`` on its
+share of the set's files, pairing titles and images inside each batch (1 positive : ``negatives`` shuffled
+negatives).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +23,14 @@ from ace_ray.config import ConfigError, Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.batching import normalise_pixels
-from ace_ray.data.pretrain_set import (
-    build_pretrain_set,
-    pair_in_batch,
-    pretrain_dataset,
-    read_holdout,
-    set_counts,
-)
+from ace_ray.data.plan import EpochPlan, seed_for
+from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, read_holdout, set_counts
 from ace_ray.model.encoder import build_encoder, save_model, trim_padding
 from ace_ray.model.heads import CEBertPretraining
 from ace_ray.model.losses import adaptive_weights
 from ace_ray.model.masking import mask_patches, mask_tokens
 from ace_ray.runtime import ensure_ray
-from ace_ray.train import checkpoints, runner, worker
+from ace_ray.train import checkpoints, loop, runner, worker
 
 LOSSES = ("mlm", "mpm", "tip")
 
@@ -105,9 +100,7 @@ def evaluate(
         raw = {c: chunk[c].to_numpy() for c in chunk.columns}
         batch = {
             k: v.to(device)
-            for k, v in make_batch(
-                raw, manifest, w, worker.seed_for(w.pretrain.train.seed, "eval", i)
-            ).items()
+            for k, v in make_batch(raw, manifest, w, seed_for(w.pretrain.train.seed, "eval", i)).items()
         }
         out = model(batch)
         for k in LOSSES:
@@ -121,111 +114,80 @@ def evaluate(
     return res
 
 
+class PretrainTask(loop.Task):
+    """CE-BERT pretraining inside the shared loop: pairs made in each batch, three losses, held-out figures."""
+
+    tag = "pretrain"
+    log_keys = ("loss", *LOSSES, "tip_acc")
+    columns = ["product_id", "title_ids", "title_mask", "patch_features", "pixels"]
+
+    def __init__(self, config: dict, w: Workload, manifest, rank: int, device):
+        self.w, self.manifest, self.rank, self.device = w, manifest, rank, device
+        self.config = config
+        encoder = build_encoder(w.model, w.data.text.tokenizer, manifest.feature_dim, manifest.pixel_dim)
+        self.model = ray.train.torch.prepare_model(CEBertPretraining(encoder, encoder.bert.config.vocab_size))
+        self.core = checkpoints.unwrap(self.model)
+        self.holdout = (
+            read_holdout(config["set_path"], w.pretrain.max_holdout) if rank == 0 else pd.DataFrame()
+        )
+        self.weights: dict[str, float] = {}
+
+    def forward(self, raw, seed, step):
+        batch = {k: v.to(self.device) for k, v in make_batch(raw, self.manifest, self.w, seed).items()}
+        out = self.model(batch)
+        loss, self.weights = weighted_loss(out, self.w, step)
+        acc = float(((out["tip_logits"] > 0).float() == batch["label"]).float().mean())
+        metrics = {"loss": float(loss), **{k: float(out[k]) for k in LOSSES if k in out}, "tip_acc": acc}
+        return loss, metrics, len(batch["label"])
+
+    def after_step(self, step):
+        return {f"weight_{k}": v for k, v in self.weights.items()}
+
+    def _heldout(self, step: int, log) -> dict:
+        res = evaluate(self.core, self.holdout, self.manifest, self.w, self.device)
+        log.metrics(res, step, prefix="heldout_")
+        return res
+
+    def on_start(self, step, log):
+        if self.rank == 0 and step == 0:
+            first = self._heldout(0, log)
+            print("[pretrain] step 0 held-out: " + " ".join(f"{k} {v:.4f}" for k, v in first.items()))
+
+    def on_step(self, step, log):
+        if self.rank == 0 and self.w.pretrain.eval_every and step % self.w.pretrain.eval_every == 0:
+            self._heldout(step, log)
+
+    def finish(self, step, log):
+        final = self._heldout(step, log) if self.rank == 0 else {}
+        if self.rank == 0:
+            print("[pretrain] final held-out: " + " ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        return {"heldout": final}
+
+    def write_model(self, d: Path) -> None:
+        save_model(self.core.encoder, self.core.heads, d / checkpoints.MODEL_DIR, self.w.data.text.tokenizer,
+                   {"feature_manifest": self.config["manifest"], "task": "pretrain"})  # fmt: skip
+
+
 def train_loop(config: dict) -> dict:
     """One Ray Train worker."""
     w, tc, rank, world, device, manifest = worker.start(config, "pretrain")
-    encoder = build_encoder(w.model, w.data.text.tokenizer, manifest.feature_dim, manifest.pixel_dim)
-    model = CEBertPretraining(encoder, encoder.bert.config.vocab_size)
-    model = ray.train.torch.prepare_model(model)
-    total, micro_per_epoch = config["total_steps"], config["micro_per_epoch"]
-    opt, sched = worker.optimizer_and_schedule(model, tc, total)
-    log = worker.RunLog(config["tracking_uri"], config["mlflow_run_id"], rank == 0)
-    pos = checkpoints.resume(model, opt, sched, log, rank, micro_per_epoch, "pretrain")
-    core = checkpoints.unwrap(model)
-    holdout = read_holdout(config["set_path"], w.pretrain.max_holdout) if rank == 0 else pd.DataFrame()
-    if rank == 0 and pos.step == 0:
-        first = evaluate(core, holdout, manifest, w, device)
-        log.metrics(first, 0, prefix="heldout_")
-        print("[pretrain] step 0 held-out: " + " ".join(f"{k} {v:.4f}" for k, v in first.items()))
-    shard = ray.train.get_dataset_shard("train")
-    meter, epoch_meter = worker.Meter(total, pos.step), worker.Meter(total, pos.step)
-    size = products_per_batch(w)
-    samples_seen, steady = 0, None
-    last_loss = float("inf")  # a checkpoint score that sorts last until a step is done
-    model.train()
-    while pos.step < total:
-        batches = shard.iter_batches(batch_size=size, batch_format="numpy", drop_last=True,
-                                     local_shuffle_buffer_size=4 * size)  # fmt: skip
-        for i, raw in enumerate(batches):
-            if i < pos.micro:
-                continue  # consumed before the restart
-            if i >= micro_per_epoch or pos.step >= total:
-                break
-            seed = worker.seed_for(tc.seed, rank, pos.epoch, i)
-            torch.manual_seed(seed)  # dropout
-            batch = {k: v.to(device) for k, v in make_batch(raw, manifest, w, seed).items()}
-            sync = (pos.micro + 1) % tc.grad_accum == 0
-            with worker.no_sync(model, sync), worker.autocast(device, tc.bf16):
-                out = model(batch)
-                loss, weights = weighted_loss(out, w, pos.step)
-                (loss / tc.grad_accum).backward()
-            pos.micro += 1
-            acc = float(((out["tip_logits"] > 0).float() == batch["label"]).float().mean())
-            step_metrics = {
-                "loss": float(loss),
-                **{k: float(out[k]) for k in LOSSES if k in out},
-                "tip_acc": acc,
-            }
-            samples_seen += len(batch["label"]) * world
-            meter.add(step_metrics, len(batch["label"]) * world)
-            epoch_meter.add(step_metrics, len(batch["label"]) * world)
-            if not sync:
-                continue
-            if tc.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            pos.step += 1
-            last_loss = float(loss)
-            if steady is None:  # throughput is measured from the first step on (start-up excluded)
-                steady = (time.perf_counter(), samples_seen)
-            if rank == 0:
-                log.metrics({**step_metrics, "lr": sched.get_last_lr()[0],
-                             **{f"weight_{k}": v for k, v in weights.items()}}, pos.step)  # fmt: skip
-            if pos.step % tc.log_every == 0 or pos.step == total:
-                m = meter.flush()
-                if rank == 0:
-                    log.metrics({"samples_per_s": m["samples_per_s"]}, pos.step)
-                    print(
-                        worker.progress_line("pretrain", pos, total, m, ("loss", *LOSSES, "tip_acc"), meter)
-                    )
-            if rank == 0 and w.pretrain.eval_every and pos.step % w.pretrain.eval_every == 0:
-                log.metrics(evaluate(core, holdout, manifest, w, device), pos.step, prefix="heldout_")
-            if pos.step % tc.checkpoint_every == 0 and pos.step < total:
-                checkpoints.report({"step": pos.step, "loss": last_loss}, model, opt, sched, pos, rank)
-        if pos.step < total or pos.micro >= micro_per_epoch:
-            pos.epoch, pos.micro = pos.epoch + 1, 0
-            if rank == 0:
-                log.metrics(epoch_meter.flush(), pos.epoch, prefix="epoch_")
-    rate = (samples_seen - steady[1]) / (time.perf_counter() - steady[0]) if steady else 0.0
-    final = evaluate(core, holdout, manifest, w, device) if rank == 0 else {}
-    if rank == 0:
-        log.metrics(final, pos.step, prefix="heldout_")
-        print("[pretrain] final held-out: " + " ".join(f"{k} {v:.4f}" for k, v in final.items()))
-
-    def write_model(d: Path) -> None:
-        save_model(core.encoder, core.heads, d / checkpoints.MODEL_DIR, w.data.text.tokenizer,
-                   {"feature_manifest": config["manifest"], "task": "pretrain"})  # fmt: skip
-
-    checkpoints.report(
-        {"step": pos.step, "loss": last_loss}, model, opt, sched, pos, rank, extra_dir=write_model
-    )
-    return {"step": pos.step, "steps_repeated": pos.steps_repeated, "heldout": final, "samples_per_s": rate}
+    return loop.run(PretrainTask(config, w, manifest, rank, device), config, tc, rank, world, device)
 
 
-def plan_steps(w: Workload, train_products: int, world: int) -> tuple[int, int]:
-    """(micro-batches per worker per epoch, total optimiser steps); a clear error when there is too little
-    data for one step."""
+def plan_steps(w: Workload, set_path: Path, world: int) -> tuple[EpochPlan, int]:
+    """(the data plan over the pretraining set's training files, total optimiser steps); a clear error when
+    there is too little data for one step."""
     tc = w.pretrain.train
     size = products_per_batch(w)
-    micro = (train_products // world) // size
-    if micro < tc.grad_accum:
+    plan = EpochPlan.for_directory(
+        Path(set_path) / "split=train", world, size, tc.seed, grad_accum=tc.grad_accum
+    )
+    if plan.batches(0) < tc.grad_accum:
         raise ValueError(
-            f"{train_products} training products give {micro} batches of {size} per worker on {world} "
+            f"{sum(plan.rows)} training products give {plan.batches(0)} batches of {size} per worker on {world} "
             f"workers, fewer than grad_accum={tc.grad_accum}: use fewer workers or a smaller batch_size"
         )
-    return micro, tc.max_steps or tc.epochs * (micro // tc.grad_accum)
+    return plan, tc.max_steps or plan.steps(tc.epochs)
 
 
 def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
@@ -235,36 +197,34 @@ def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
     checkpoint (and logs into the same MLflow run).
     """
     ensure_ray(w.ray)
+    existing = runner.check_resume(w, run_name)
     root = w.path(w.data.root)
     store = fs.for_workload(w)
     tc = w.pretrain.train
     set_path = build_pretrain_set(root, store, w.data.text, w.pretrain.holdout, tc.seed)
     counts = set_counts(set_path)
     use_gpu = runner.wants_gpu(tc)
-    micro, total = plan_steps(w, counts["train"], tc.workers)
+    plan, total = plan_steps(w, set_path, tc.workers)
     if not 0 <= w.pretrain.tip_warmup_steps < total:
         raise ConfigError(f"pretrain.tip_warmup_steps={w.pretrain.tip_warmup_steps}: must be >= 0 and below "
                           f"the run's {total} steps, or MLM and MPM never train")  # fmt: skip
-    existing = tracking.find_run(w, "ray_run_name", run_name) if run_name else None
     name = runner.run_name("pretrain", run_name)
     with tracking.start_run(w, "pretrain", tags={"stage": "pretrain", "ray_run_name": name},
                             run_id=existing) as run:  # fmt: skip
         tracking.log_metrics({"train_products": counts["train"], "heldout_products": counts["holdout"],
-                              "total_steps": total, "micro_batches_per_epoch": micro})  # fmt: skip
+                              "total_steps": total, "micro_batches_per_epoch": plan.batches(0)})  # fmt: skip
         loop_config = {
             "workload": to_dict(w),
             "manifest": dataclasses.asdict(store.manifest),
             "set_path": str(set_path),
             "use_gpu": use_gpu,
             "total_steps": total,
-            "micro_per_epoch": micro,
+            "plan": plan.to_dict(),
             "tracking_uri": tracking.tracking_uri(w),
             "mlflow_run_id": run.info.run_id,
         }
         print(f"[pretrain] {counts['train']:,} training products ({counts['holdout']:,} held out), "
               f"{tc.workers} workers{' on GPUs' if use_gpu else ''}, {total} steps; Ray Train run {name}")  # fmt: skip
-        trainer = runner.trainer_for(
-            w, tc, name, train_loop, loop_config, {"train": pretrain_dataset(set_path)}
-        )
+        trainer = runner.trainer_for(w, tc, name, train_loop, loop_config)
         out = runner.fit(trainer, run, name)
     return out

@@ -1,12 +1,11 @@
 """What every training worker needs: threads and device, the optimiser and its warm-up schedule,
-per-batch seeding, throughput/ETA progress lines and rank-0 MLflow logging."""
+throughput/ETA progress lines and rank-0 MLflow logging (the loop itself is ``ace_ray.train.loop``)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-import zlib
 
 import torch
 
@@ -42,12 +41,6 @@ def device_for(use_gpu: bool) -> torch.device:
 def set_threads(cfg: TrainConfig) -> None:
     """Fractional-CPU Ray workers get OMP_NUM_THREADS=1: set torch's threads from the config instead."""
     torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
-
-
-def seed_for(*parts: int) -> int:
-    """A 31-bit seed from integers (seed, rank, epoch, batch, ...): every batch's randomness (masks, pairs,
-    dropout) is a function of where it is in the run, so a resumed run draws what the unbroken one would."""
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 def optimizer_and_schedule(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):

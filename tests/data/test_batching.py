@@ -1,6 +1,6 @@
 """Mixed negative sampling, whole batches per worker, the pretraining set and pairs, and no test-day leaks."""
 
-import threading
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -8,16 +8,12 @@ import pytest
 
 from ace_ray.config import BatchConfig, ClickModelConfig, FeaturesConfig, SynthConfig, TextConfig
 from ace_ray.data import feature_store as fs
-from ace_ray.data.batching import (
-    build_finetune_batches,
-    finetune_dataset,
-    finetune_pairs,
-    normalise_pixels,
-    plan_batches,
-)
+from ace_ray.data.batching import build_finetune_batches, finetune_pairs, normalise_pixels, plan_batches
+from ace_ray.data.clicks import check_split, clean_clicks, train_split
 from ace_ray.data.features import build_features
-from ace_ray.data.hot_queries import build_hot_queries
-from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, pretrain_dataset, read_holdout
+from ace_ray.data.hot_queries import build_hot_queries, hot_queries_path, read_hot_queries
+from ace_ray.data.plan import EpochPlan, _read_columns, file_index, stream
+from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, read_holdout
 from ace_ray.data.schema import IMPRESSIONS_FILE, read_impressions
 from ace_ray.data.synth.generate import synthesize
 from ace_ray.data.validate import validate
@@ -76,24 +72,26 @@ def test_pixel_normalisation_matches_a_naive_loop():
 
 @pytest.fixture(scope="module")
 def featurised(tmp_path_factory, ray_session):
-    """A small shop with features, where the test days have a query no train day has."""
+    """A small shop with features, where the test days have a query no train day has, and one train-day
+    click is logged twice (validation quarantines the second copy)."""
     root = tmp_path_factory.mktemp("batching") / "shop"
     synthesize(SynthConfig(products=120, days=4, sessions=120, shard_size=60), ClickModelConfig(), root)
     imp = read_impressions(root)
     last = imp["day"] == imp["day"].max()
     imp.loc[last, "query"] = TEST_ONLY
-    imp.to_parquet(root / IMPRESSIONS_FILE)
+    dup = imp[imp["clicked"] & ~last].iloc[[0]]
+    pd.concat([imp, dup], ignore_index=True).to_parquet(root / IMPRESSIONS_FILE)
     validate(root)
     store = fs.FeatureStore(
         build_features(root, FeaturesConfig(cnn_input=64, grid=2, batch_size=16))["store"]
     )
-    return root, store
+    return root, store, dup.iloc[0]
 
 
 @pytest.mark.ray
 def test_test_day_clicks_never_reach_training(featurised):
-    root, _ = featurised
-    hot = build_hot_queries(root, test_days=1).to_pandas()
+    root, _, _ = featurised
+    hot = build_hot_queries(root, test_days=1)
     assert len(hot) > 0 and all(TEST_ONLY not in q for q in hot["hot_queries"])
     assert all(len(q) <= 10 for q in hot["hot_queries"])
     pairs = finetune_pairs(root, test_days=1)
@@ -104,8 +102,8 @@ def test_test_day_clicks_never_reach_training(featurised):
 
 @pytest.mark.ray
 def test_hot_queries_are_the_most_clicked(featurised):
-    root, _ = featurised
-    hot = build_hot_queries(root, test_days=1).to_pandas().set_index("product_id")
+    root, _, _ = featurised
+    hot = build_hot_queries(root, test_days=1).set_index("product_id")
     imp = read_impressions(root)
     clicks = imp[imp["clicked"] & (imp["day"] < imp["day"].max())]
     pid = clicks["product_id"].value_counts().index[0]
@@ -115,39 +113,88 @@ def test_hot_queries_are_the_most_clicked(featurised):
 
 
 @pytest.mark.ray
-def test_every_pair_once_per_epoch_across_workers(featurised, tmp_path):
-    root, store = featurised
+def test_hot_queries_are_kept_per_split_and_a_model_of_another_split_is_refused(featurised):
+    root, _, _ = featurised
+    one, two = hot_queries_path(root, 1), hot_queries_path(root, 2)
+    assert one != two  # another split, another table: a features run with other test days leaks nowhere
+    hot1 = read_hot_queries(root, 1)
+    assert set(map(tuple, hot1["hot_queries"])) == set(map(tuple, build_hot_queries(root, 1)["hot_queries"]))
+    assert len(read_hot_queries(root, 2)) < len(hot1)  # fewer train days, fewer clicked products
+    check_split(train_split(root, 1), root, 1, "model")
+    with pytest.raises(ValueError, match=r"trained on clicks before .* use data\.test_days=2"):
+        check_split(train_split(root, 2), root, 1, "the model")
+
+
+@pytest.mark.ray
+def test_training_and_evaluation_clean_clicks_the_same_way(featurised):
+    from ace_ray.data.validate import load_clean
+
+    root, _, dup = featurised
+    clicks = clean_clicks(root, 1)
+    same = clicks[(clicks["session_id"] == dup["session_id"]) & (clicks["product_id"] == dup["product_id"])]
+    assert len(same) == 1  # the first copy of a duplicated impression is kept, the second quarantined
+    _, imp = load_clean(root)  # what evaluation reads
+    day = pd.to_datetime(imp["day"])
+    train = imp[imp["clicked"] & (day < day.max())]
+    assert len(train) == len(clicks)
+
+
+def _deal(plan: EpochPlan, epoch: int) -> list[list[int]]:
+    return [[int(b["batch_id"][0]) for b in stream(plan, epoch, r, ["batch_id"])] for r in range(plan.world)]
+
+
+@pytest.mark.ray
+def test_every_pair_once_per_epoch_in_an_order_fixed_by_seed_and_epoch(featurised, tmp_path):
+    root, store, _ = featurised
     stats = build_finetune_batches(root, store, 1, BatchConfig(batch_size=16, partitions=2), TextConfig(),
                                    tmp_path / "batches")  # fmt: skip
-    ds = finetune_dataset(tmp_path / "batches")
-
-    def consume(it, out):
-        for b in it.iter_batches(batch_size=1, batch_format="numpy"):
-            out.append((int(b["batch_id"][0]), b["pair_id"][0].tolist()))
-            assert b["patches"][0].shape[1:] == (4, 1280) and b["pixels"][0].shape[1:] == (49, 3072)
-            assert b["query_ids"][0].shape == (len(b["pair_id"][0]), 16)
-
+    plan = EpochPlan.for_directory(tmp_path / "batches", 2, 1, seed=0, sort_column="batch_id", window=1)
+    assert [int(pd.read_parquet(tmp_path / "batches" / f, columns=["batch_id"]).iloc[0, 0]) for f in plan.files] \
+        == list(range(stats["batches"]))  # fmt: skip
+    first = next(stream(plan, 0, 0))
+    assert first["patches"][0].shape[1:] == (4, 1280) and first["pixels"][0].shape[1:] == (49, 3072)
+    assert first["query_ids"][0].shape == (len(first["pair_id"][0]), 16)
+    every = EpochPlan.for_directory(tmp_path / "batches", 1, 1, seed=0, window=1)
+    pair_ids = [int(p) for b in stream(every, 0, 0, ["pair_id"]) for p in b["pair_id"][0]]
+    assert sorted(pair_ids) == list(range(stats["pairs"]))  # every pair is in exactly one batch
     orders = []
-    for _epoch in range(2):
-        seen = [[], []]
-        threads = [threading.Thread(target=consume, args=(it, out)) for it, out in zip(ds.streaming_split(2), seen, strict=True)]  # fmt: skip
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        pair_ids = [p for worker in seen for _, ids in worker for p in ids]
-        assert sorted(pair_ids) == list(range(stats["pairs"]))  # each pair exactly once, none lost
-        assert all(worker for worker in seen)  # both workers got whole batches
-        assert len({b for w in seen for b, _ in w}) == stats["batches"]
-        orders.append([b for w in seen for b, _ in w])
-    assert orders[0] != orders[1]  # a new batch order every epoch
+    for epoch in range(2):
+        deal = _deal(plan, epoch)
+        assert all(len(r) == plan.batches(epoch) == stats["batches"] // 2 for r in deal)  # whole batches each
+        seen = [b for r in deal for b in r]
+        assert (
+            len(set(seen)) == len(seen) and len(seen) >= stats["batches"] - 1
+        )  # once each, at most one left
+        orders.append(deal)
+    assert orders[0] != orders[1]  # a new order every epoch ...
+    assert _deal(plan, 1) == orders[1]  # ... that is a function of (seed, epoch, rank) only
+    assert _deal(EpochPlan.for_directory(tmp_path / "batches", 2, 1, seed=1, window=1), 1) != orders[1]
+    # A resumed worker skips exactly what it had consumed.
+    assert [int(b["batch_id"][0]) for b in stream(plan, 1, 1, ["batch_id"], skip=2)] == orders[1][1][2:]
+
+
+def test_pretraining_plan_mixes_rows_reproducibly_and_deals_equal_shares(tmp_path):
+    for i, n in enumerate([64, 64, 64, 40, 64, 17]):
+        pd.DataFrame({"product_id": [f"p{i}-{j}" for j in range(n)]}).to_parquet(
+            tmp_path / f"part-{i}.parquet"
+        )
+    plan = EpochPlan.for_directory(tmp_path, world=2, rows_per_batch=12, seed=3, grad_accum=2)
+    for epoch in range(3):
+        deal = [[tuple(b["product_id"]) for b in stream(plan, epoch, r)] for r in range(2)]
+        assert len(deal[0]) == len(deal[1]) == plan.batches(epoch) and plan.batches(epoch) % 2 == 0
+        flat = [p for r in deal for b in r for p in b]
+        assert len(set(flat)) == len(flat)  # no product twice in an epoch
+        assert deal == [[tuple(b["product_id"]) for b in stream(plan, epoch, r)] for r in range(2)]
+    assert file_index(tmp_path) == [(f"part-{i}.parquet", n) for i, n in enumerate([64, 64, 64, 40, 64, 17])]
 
 
 @pytest.mark.ray
 def test_pretrain_set_holds_every_featurised_product_once_with_a_stable_holdout(featurised):
-    root, store = featurised
+    root, store, _ = featurised
     path = build_pretrain_set(root, store, TextConfig(), holdout=0.2, seed=0)
-    train = pretrain_dataset(path).to_pandas()
+    plan = EpochPlan.for_directory(path / "split=train", world=1, rows_per_batch=1, seed=0)
+    train = pd.DataFrame({"product_id": [b["product_id"][0] for b in stream(plan, 0, 0)],
+                          "title_ids": [b["title_ids"][0] for b in stream(plan, 0, 0)]})  # fmt: skip
     held = read_holdout(path, limit=10_000)
     ok = set(store.read(columns=[])["product_id"])
     assert set(train["product_id"]) | set(held["product_id"]) == ok
@@ -155,3 +202,12 @@ def test_pretrain_set_holds_every_featurised_product_once_with_a_stable_holdout(
     assert 0.1 < len(held) / len(ok) < 0.3
     assert len(train.loc[0, "title_ids"]) == 32
     assert build_pretrain_set(root, store, TextConfig(), holdout=0.2, seed=0) == path  # reused, not rebuilt
+    # A rebuild holds the same files with the same rows, so a run's data order does not depend on how the
+    # join was scheduled the day the set was built.
+    before = [(f, list(_read_columns(str(path / "split=train" / f), ["product_id"])["product_id"]))
+              for f, _ in file_index(path / "split=train")]  # fmt: skip
+    shutil.rmtree(path)
+    assert build_pretrain_set(root, store, TextConfig(), holdout=0.2, seed=0) == path
+    after = [(f, list(_read_columns(str(path / "split=train" / f), ["product_id"])["product_id"]))
+             for f, _ in file_index(path / "split=train")]  # fmt: skip
+    assert [ids for _, ids in after] == [ids for _, ids in before]

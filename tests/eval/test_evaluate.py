@@ -10,10 +10,11 @@ import torch
 
 from ace_ray import jobs, tracking
 from ace_ray.config import EvalConfig, with_overrides
+from ace_ray.data.hot_queries import read_hot_queries
 from ace_ray.eval.data import load_eval_data
 from ace_ray.eval.embed import TowerRetriever, product_inputs
 from ace_ray.eval.evaluate import run_evaluation
-from tests.conftest import random_towers
+from tests.conftest import SHOP_FEATURES, random_towers
 
 pytestmark = pytest.mark.ray
 
@@ -27,11 +28,11 @@ def setup(featurised_shop, tmp_path_factory):
 def test_ray_data_embeddings_equal_the_towers_run_directly(setup):
     w, root, store, towers, model_dir = setup
     data = load_eval_data(root, store, 1)
-    model = TowerRetriever(model_dir, store, root, EvalConfig(batch_size=16))
+    model = TowerRetriever(model_dir, store, root, EvalConfig(batch_size=16), 1)
     model.fit(data.products)
     rows = store.read(columns=["patch_features", "pixels"]).merge(data.products[["product_id", "title"]])
     rows = rows.head(20).assign(hot_queries=[[]] * 20)
-    hot = pd.read_parquet(root / "hot_queries").set_index("product_id")["hot_queries"]
+    hot = read_hot_queries(root, 1).set_index("product_id")["hot_queries"]
     rows["hot_queries"] = [list(hot.get(p, [])) for p in rows["product_id"]]
     with torch.inference_mode():
         direct = towers.encode_products(product_inputs(rows, store.manifest, w.data.text.__dict__)).numpy()
@@ -53,7 +54,7 @@ def test_metrics_equal_a_naive_recomputation_and_the_report_is_written(setup, tm
     cfg = EvalConfig(ks=[10, 50, 100], baselines=["random", "bm25"], batch_size=32, map_points=300)
     res = run_evaluation(model_dir, root, store, 1, cfg, tmp_path / "eval", name="acebert")
     data = load_eval_data(root, store, 1)
-    model = TowerRetriever(model_dir, store, root, cfg)
+    model = TowerRetriever(model_dir, store, root, cfg, 1)
     model.fit(data.products)
     q = model.embed_queries(data.queries)
     for k in (10, 100):
@@ -84,3 +85,23 @@ def test_evaluate_command_reads_the_model_of_an_mlflow_run(setup, tmp_path):
     assert evals and "acebert/recall_at_100" in evals[0].data.metrics
     with pytest.raises(FileNotFoundError, match="no model artefact"):
         jobs.evaluate(w, run_id="0" * 32)
+
+
+def test_a_model_trained_on_another_split_is_refused(setup, tmp_path, capsys):
+    """A model fine-tuned with 2 test days learnt from clicks that, with 1 test day, are test clicks."""
+    import json
+    import shutil
+
+    from ace_ray.cli import main
+    from ace_ray.data.clicks import train_split
+
+    w, root, store, towers, model_dir = setup
+    other = tmp_path / "model"
+    shutil.copytree(model_dir, other)
+    info = json.loads((other / "ace_ray.json").read_text())
+    (other / "ace_ray.json").write_text(json.dumps(info | {"split": train_split(root, 2)}))
+    args = ["evaluate", "--model", str(other), f"workspace={tmp_path}", f"data.root={root}", "data.test_days=1",
+            "eval.baselines=[random]", *SHOP_FEATURES]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "trained on clicks before" in err and "use data.test_days=2" in err

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ace_ray.model.losses import bidirectional_softmax_loss, domain_loss, same_product_mask
+from ace_ray.model.losses import bidirectional_softmax_loss, domain_loss
+from ace_ray.model.objective import false_negative_mask
 from ace_ray.model.towers import reverse_gradient
 
 
@@ -30,21 +31,9 @@ def test_bidirectional_softmax_matches_the_naive_sum(seed):
     ref = _naive_bidirectional(q.tolist(), a.tolist(), 5.0, none)
     assert float(bidirectional_softmax_loss(q, a, 5.0)) == pytest.approx(ref, rel=1e-5)
     ids = ["p1", "p2", "p1", "p3", "p2", "p1"]
-    same = same_product_mask(ids)
+    same, _ = false_negative_mask(ids, torch.arange(6)[:, None])
     ref = _naive_bidirectional(q.tolist(), a.tolist(), 5.0, same.tolist())
     assert float(bidirectional_softmax_loss(q, a, 5.0, same)) == pytest.approx(ref, rel=1e-5)
-
-
-def test_false_negative_mask_marks_other_pairs_of_the_same_product():
-    same = same_product_mask(["a", "b", "a", "c", "a"])
-    assert int(same.sum()) == 6  # three pairs of "a": each sees the two others
-    assert same[0, 2] and same[2, 4] and not same[0, 0] and not same[1, 3]
-    # Masking a same-product "negative" that scores as high as the positive lowers the loss.
-    q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
-    a = q.clone()
-    a[1] = a[0]
-    mask = same_product_mask(["a", "a"])
-    assert float(bidirectional_softmax_loss(q, a, 10.0, mask)) < float(bidirectional_softmax_loss(q, a, 10.0))
 
 
 def test_domain_loss_is_the_cross_entropy_of_eq_6():

@@ -1,0 +1,39 @@
+"""A run uses the feature store that matches its whole data.features config, never merely the newest."""
+
+import json
+import shutil
+
+import pytest
+
+from ace_ray.config import with_overrides
+from ace_ray.data import feature_store as fs
+from tests.conftest import SHOP_FEATURES
+
+pytestmark = pytest.mark.ray
+
+
+def test_the_store_is_chosen_by_every_feature_setting(featurised_shop, tmp_path):
+    w, root, store = featurised_shop
+    assert fs.for_workload(w).path == store.path
+    # The workload's defaults (grid 4, 224-px CNN input) do not match the store (grid 2, 64 px): refused,
+    # naming the fields, instead of training on features of another grid.
+    default = with_overrides(w, ["data.features.grid=4", "data.features.cnn_input=224"])
+    with pytest.raises(fs.FeatureMismatch, match=r"grid: store has 2, workload 4; cnn_input: store has 64"):
+        fs.for_workload(default)
+    with pytest.raises(fs.FeatureMismatch, match=r"roi: store has True, workload False"):
+        fs.for_workload(with_overrides(w, ["data.features.roi=false"]))
+
+
+def test_two_stores_of_the_same_settings_are_ambiguous(featurised_shop, tmp_path):
+    _, root, store = featurised_shop
+    out = tmp_path / "features"
+    shutil.copytree(store.path, out / store.path.name)
+    other = json.loads((store.path / fs.MANIFEST).read_text()) | {"weights_sha256": "f" * 64}
+    version = fs.FeatureManifest(**other).version
+    shutil.copytree(store.path, out / version)
+    (out / version / fs.MANIFEST).write_text(json.dumps(other))
+    w = with_overrides(featurised_shop[0], [f"data.features.out={out}", *SHOP_FEATURES])
+    with pytest.raises(fs.FeatureMismatch, match=r"2 feature stores match .*weights_sha256 ffffffffffff"):
+        fs.for_workload(w)
+    shutil.rmtree(out / version)
+    assert fs.for_workload(w).path == out / store.path.name

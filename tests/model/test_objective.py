@@ -1,0 +1,137 @@
+"""The fine-tuning objective without Ray: false negatives (same product, same query), and for each way of
+playing the adversarial game, which parameters get gradients and in which direction, against gradients
+computed here from the losses' definitions."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ace_ray.model.losses import bidirectional_softmax_loss, domain_loss
+from ace_ray.model.objective import Objective, false_negative_mask, inbatch_accuracy
+from ace_ray.model.towers import DomainClassifier
+
+
+def test_false_negatives_are_same_product_or_same_query_pairs():
+    queries = torch.tensor([[101, 7, 102], [101, 8, 102], [101, 7, 102], [101, 9, 102], [101, 7, 102]])
+    mask, counts = false_negative_mask(["a", "b", "c", "b", "a"], queries)
+    want = torch.zeros(5, 5, dtype=torch.bool)
+    for i, j in [(0, 2), (0, 4), (2, 4), (1, 3)]:  # query 7 three times (0, 2, 4); product b twice (1, 3)
+        want[i, j] = want[j, i] = True
+    assert torch.equal(mask, want)
+    # (0, 4) is both: counted once, as a same-product pair
+    assert counts == {"false_negatives": 8, "fn_same_product": 4, "fn_same_query": 4}
+
+
+def test_a_duplicate_query_no_longer_holds_the_loss_above_log_2():
+    # Pairs 0 and 1 share the query text and click different products: with perfect embeddings the
+    # product->query softmax of product 1 still sees pair 0's identical query as a "negative".
+    q = F.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]), dim=-1)
+    a = q.clone()
+    ids = torch.tensor([[5], [5], [6], [7]])
+    unmasked = float(bidirectional_softmax_loss(q, a, 50.0))
+    mask, counts = false_negative_mask(["p0", "p1", "p2", "p3"], ids)
+    masked = float(bidirectional_softmax_loss(q, a, 50.0, mask))
+    assert counts["fn_same_query"] == 2
+    assert unmasked > math.log(2) and masked < 1e-6
+    # The in-batch accuracy counts the same positives: the duplicate query's tie no longer counts as a miss.
+    assert inbatch_accuracy(q, a, None) == 0.75 and inbatch_accuracy(q, a, mask) == 1.0
+
+
+class ToyTowers(torch.nn.Module):
+    """Two linear "towers" over fixed inputs: enough to see which parameters a loss reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.query, self.product = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        return F.normalize(self.query(x), dim=-1), F.normalize(self.product(x + 0.3), dim=-1)
+
+
+def _setup(mode: str, weight: float = 0.5):
+    torch.manual_seed(0)
+    towers, disc, x = ToyTowers(), DomainClassifier(4, 8), torch.randn(8, 6)
+    return towers, disc, x, Objective(gamma=5.0, mode=mode, weight=weight, encoder_steps=2, disc_steps=1)
+
+
+def _grads(module):
+    return [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+
+def _reference(towers, disc, x, fn, wrt):
+    """Gradients of ``fn(q, a, D)`` w.r.t. ``wrt``'s parameters, computed directly."""
+    q, a = towers(x)
+    return torch.autograd.grad(fn(q, a, disc), list(wrt.parameters()), allow_unused=True)
+
+
+def _close(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and torch.allclose(g, w, atol=1e-6), (g, w)
+
+
+def test_without_a_game_only_the_matching_loss_trains_the_encoder():
+    towers, disc, x, obj = _setup("none")
+    loss, parts = obj.encoder_loss(*towers(x), disc)
+    loss.backward()
+    assert set(parts) == {"main"}
+    _close(
+        _grads(towers),
+        _reference(towers, disc, x, lambda q, a, d: bidirectional_softmax_loss(q, a, 5.0), towers),
+    )
+    assert all(g is None for g in _grads(disc))
+
+
+def test_alternating_encoder_step_ascends_d_loss_with_d_frozen():
+    towers, disc, x, obj = _setup("alternating")
+    loss, parts = obj.encoder_loss(*towers(x), disc)
+    loss.backward()
+    assert all(g is None for g in _grads(disc))  # D is frozen while the encoder steps
+    want = _reference(towers, disc, x,
+                      lambda q, a, d: bidirectional_softmax_loss(q, a, 5.0) - 0.5 * domain_loss(d(q), d(a)), towers)  # fmt: skip
+    _close(_grads(towers), want)
+    # Direction: a small step along the encoder's gradient of -lambda L_adv alone raises L_adv (fools D).
+    towers.zero_grad()
+    q, a = towers(x)
+    (-0.5 * domain_loss(disc(q), disc(a))).backward()
+    before = float(domain_loss(*(disc(e) for e in towers(x))))
+    with torch.no_grad():
+        for p in towers.parameters():
+            p -= 0.05 * p.grad
+    assert float(domain_loss(*(disc(e) for e in towers(x)))) > before
+
+
+def test_alternating_disc_step_descends_d_loss_and_leaves_the_encoder_alone():
+    towers, disc, x, obj = _setup("alternating")
+    q, a = towers(x)
+    obj.disc_loss(q, a, disc).backward()
+    assert all(g is None for g in _grads(towers))
+    _close(_grads(disc), _reference(towers, disc, x, lambda q, a, d: domain_loss(d(q), d(a)), disc))
+    before = float(obj.disc_loss(q, a, disc))
+    with torch.no_grad():
+        for p in disc.parameters():
+            p -= 0.05 * p.grad
+    assert float(obj.disc_loss(q, a, disc)) < before
+
+
+def test_gradient_reversal_trains_both_sides_in_one_pass():
+    towers, disc, x, obj = _setup("grl", weight=0.5)
+    loss, parts = obj.encoder_loss(*towers(x), disc)
+    loss.backward()
+    # D descends L_adv ...
+    _close(_grads(disc), _reference(towers, disc, x, lambda q, a, d: domain_loss(d(q), d(a)), disc))
+    # ... and the encoder descends L_main - lambda L_adv, the same as the alternating encoder step.
+    want = _reference(towers, disc, x,
+                      lambda q, a, d: bidirectional_softmax_loss(q, a, 5.0) - 0.5 * domain_loss(d(q), d(a)), towers)  # fmt: skip
+    _close(_grads(towers), want)
+    assert obj.steps_disc_with_encoder() and not obj.disc_due(2)
+
+
+def test_d_steps_come_after_every_k_encoder_steps_and_take_no_batch():
+    obj = Objective(gamma=20.0, mode="alternating", encoder_steps=5, disc_steps=2)
+    assert [s for s in range(1, 21) if obj.disc_due(s)] == [5, 10, 15, 20]
+    assert not any(Objective(gamma=20.0).disc_due(s) for s in range(1, 21))
+    with pytest.raises(ValueError, match="unknown mode 'minimax'"):
+        Objective(gamma=1.0, mode="minimax")

@@ -1,0 +1,94 @@
+"""Resume as a user does it: a fine-tuning started with `ace-ray finetune` is interrupted (Ctrl-C) after a
+checkpoint and continued with `ace-ray finetune --resume RUN`. The resumed run consumes exactly the batches
+of an unbroken run on both workers (the logged batch fingerprints), and ends with the same weights."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ace_ray.cli import main
+from tests.conftest import SHOP_FEATURES
+
+pytestmark = pytest.mark.ray
+
+STEPS = 12
+
+
+def _args(shop: Path, workspace: Path) -> list[str]:
+    return ["finetune", "--preset", "acebert", "--root", str(shop), "--workers", "2", f"workspace={workspace}",
+            "data.test_days=1", "data.batches.batch_size=16", "data.batches.partitions=4", "model.init=random",
+            "model.size=tiny", "model.layers=2", "finetune.train.lr=0.002", "finetune.train.warmup_steps=3",
+            f"finetune.train.max_steps={STEPS}", "finetune.train.checkpoint_every=4", "finetune.train.log_every=4",
+            "finetune.adversarial.encoder_steps=2", "finetune.hot_query_dropout=0.3", *SHOP_FEATURES]  # fmt: skip
+
+
+def _run_dir(workspace: Path) -> Path:
+    (run,) = [p for p in (workspace / "runs").iterdir() if p.is_dir()]
+    return run
+
+
+def _final_model(run_id: str, tmp: Path) -> dict[str, torch.Tensor]:
+    model = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(tmp)))
+    weights = {f"bert.{k}": v for k, v in load_file(str(model / "model.safetensors")).items()}
+    return weights | load_file(str(model / "multimodal.safetensors"))
+
+
+def _latest(run_id: str, key: str) -> dict[int, float]:
+    """Per step, the value logged last (a resumed run logs again the steps it redoes)."""
+    hist = sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in hist}
+
+
+def _run_id(name: str) -> str:
+    (run,) = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.ray_run_name = '{name}'",
+                                output_format="list")  # fmt: skip
+    return run.info.run_id
+
+
+def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights(featurised_shop, tmp_path):
+    shop = featurised_shop[1]
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    assert main(_args(shop, unbroken)) == 0
+
+    # The same command in its own process (its own local Ray), stopped with Ctrl-C after a checkpoint.
+    cli = [sys.executable, "-m", "ace_ray.cli", *_args(shop, broken)]
+    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(broken.glob("runs/*/checkpoint_*/state.pt")):
+            assert proc.poll() is None, "the run ended before it was interrupted"
+            time.sleep(0.2)
+        assert list(broken.glob("runs/*/checkpoint_*/state.pt")), "no checkpoint within 240 s"
+        time.sleep(0.5)  # let the checkpoint be registered
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    name = _run_dir(broken).name
+    interrupted = _run_id(name)
+    steps_before = max(_latest(interrupted, "loss"))
+    assert steps_before < STEPS, "the run was not interrupted"
+
+    assert main(["finetune", "--resume", name, *_args(shop, broken)[1:]]) == 0
+    assert _run_id(name) == interrupted  # the same MLflow run continued
+    assert min(_latest(interrupted, "resumed_from_step").values()) >= 4
+    good = _run_id(_run_dir(unbroken).name)
+    for key in ("data_r0", "data_r1"):
+        assert _latest(interrupted, key) == _latest(good, key), key  # exactly the same batches, step by step
+    assert _latest(interrupted, "disc_steps")[STEPS] == _latest(good, "disc_steps")[STEPS] == STEPS // 2
+    a, b = _final_model(good, tmp_path / "a"), _final_model(interrupted, tmp_path / "b")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    # Resuming with other settings than the run's is refused, naming them.
+    assert main(["finetune", "--resume", name, *_args(shop, broken)[1:], "finetune.gamma=10"]) == 2
