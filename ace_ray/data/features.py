@@ -21,7 +21,8 @@ from ace_ray.config import FeaturesConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data.backbone import load_backbone
 from ace_ray.data.images import BadImage, decode, detect_roi, locate, pixel_patches, square_crop
-from ace_ray.data.validate import load_clean
+from ace_ray.data.schema import PRODUCTS_FILE
+from ace_ray.data.validate import file_sha256, load_clean
 
 _ROWS_PER_BLOCK = 256  # products per input block: small enough to spread over the decode tasks
 
@@ -170,5 +171,7 @@ def _build(
         "images_per_s": round(len(products) / seconds, 2),
         "cnn_actors": actors,
         "version": manifest.version,
+        # The catalogue these features describe, so a store can be told apart from a re-import's.
+        "products_sha256": file_sha256(root / PRODUCTS_FILE),
     }
     return {**stats, "store": str(fs.FeatureStore.publish(staging, manifest, stats).path)}

@@ -38,6 +38,8 @@ def locate(root: Path, rel) -> tuple[Path | None, str | None]:
     if rel is None or (isinstance(rel, float) and math.isnan(rel)) or not str(rel).strip():
         return None, "missing image_path"
     rel = str(rel)
+    if "://" in rel:
+        return None, "image path is a URL (download the images and give their paths)"
     if Path(rel).is_absolute():
         return None, "image path is absolute (it must be relative to the catalogue folder)"
     lexical = Path(os.path.normpath(root / rel))

@@ -52,10 +52,11 @@ def clean_attribute(s: pd.Series) -> pd.Series:
     return s.where(~s.str.lower().isin(MISSING_VALUES) & s.notna(), None).astype(object)
 
 
-def where(df: pd.DataFrame, file: str | Path, row: int) -> str:
+def where(df: pd.DataFrame, file: str | Path | None, row: int) -> str:
     """'file, line N' for a CSV (the line an editor shows), 'file, row N' (0-based) for Parquet."""
     lines = df.attrs.get("lines")
-    return f"{file}, line {lines[row]}" if lines is not None else f"{file}, row {row}"
+    at = f"line {lines[row]}" if lines is not None else f"row {row}"
+    return f"{file}, {at}" if file is not None else at
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -86,6 +87,8 @@ def _read_csv(path: Path, sep: str | None) -> pd.DataFrame:
     raw = path.read_bytes()
     if not raw.strip():
         raise SchemaError(f"{path}: the file is empty")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SchemaError(f"{path}: UTF-16 text; save the file as UTF-8 (in Excel: 'CSV UTF-8')")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -255,15 +258,15 @@ def parse_days(
     if len(zones) > 1:
         (z1, (r1, v1)), (z2, (r2, v2)) = list(zones.items())[:2]
         raise SchemaError(
-            f"{file}: column {column!r} mixes time zones ({v1!r} at {where(frame, file, r1)} is {z1}; "
-            f"{v2!r} at {where(frame, file, r2)} is {z2}): the day an impression falls on depends on the "
+            f"{file}: column {column!r} mixes time zones ({v1!r} at {where(frame, None, r1)} is {z1}; "
+            f"{v2!r} at {where(frame, None, r2)} is {z2}): the day an impression falls on depends on the "
             "zone, so convert the column to one zone, or to plain dates, first"
         )
     if unread and len(unread) == sum(d is not None for d in days) + len(unread) and date_format:
         r, v = unread[0]
         raise SchemaError(
             f"{file}: no value of column {column!r} reads with --date-format {date_format!r} "
-            f"(e.g. {v!r} at {where(frame, file, r)})"
+            f"(e.g. {v!r} at {where(frame, None, r)})"
         )
     if not date_format:
         foreign = [(r, v) for r, v in unread if isinstance(v, str) and not _ISO_SHAPED.match(v)
@@ -277,16 +280,15 @@ def _non_iso_message(foreign: list[tuple[int, str]], frame: pd.DataFrame, file, 
     r, v = foreign[0]
     distinct = {val for _, val in foreign}
     fits = [f for f in _CANDIDATE_FORMATS if all(_strptime_ok(val, f) for val in distinct)]
-    msg = (
-        f"{where(frame, file, r)}, column {column!r}: {v!r} is not an ISO date (YYYY-MM-DD), "
-        f"and neither are {len(foreign) - 1:,} more row(s); "
-    )
+    more = f", and neither are {len(foreign) - 1:,} more row(s)" if len(foreign) > 1 else ""
+    msg = f"{where(frame, file, r)}, column {column!r}: {v!r} is not an ISO date (YYYY-MM-DD){more}; "
     if len(fits) > 1:
         readings = "; ".join(f"{f} reads {v!r} as {dt.datetime.strptime(v, f):%d %B %Y}" for f in fits[:2])
         msg += f"they are ambiguous ({readings}), so nothing was guessed. "
     elif fits:
-        msg += f"they all read with {fits[0]}, but nothing was guessed. "
-    msg += "Say how to read them with --date-format"
+        reads = "they all read" if len(distinct) > 1 else "it reads"
+        msg += f"{reads} with {fits[0]}, but nothing was guessed. "
+    msg += "Say how to read the column with --date-format"
     return msg + (f", e.g. --date-format '{fits[0]}'" if fits else " (strptime codes, e.g. '%d/%m/%Y')")
 
 
@@ -313,7 +315,7 @@ def coerce_impressions(
     df.attrs = attrs
     text = {c: df[c].astype("string") for c in ("day", "position", "clicked")}
     day = parse_days(df["day"], file, date_format)
-    position = pd.to_numeric(df["position"], errors="coerce")
+    position = pd.to_numeric(text["position"].str.strip(), errors="coerce")
     # 2.5 is no position, and neither is one beyond a 32-bit integer (3e9 would overflow the column).
     position = position.where((position == position.round()) & (position.abs() <= _INT32_MAX))
     lowered = text["clicked"].str.strip().str.lower()
@@ -378,6 +380,9 @@ def bring_images(src_root: Path, rel_paths: pd.Series, stage: Path, out: Path) -
             out_paths.append(None)
             continue
         rel = str(cell).strip()
+        if "://" in rel:  # a URL: kept as given, for validate to name
+            out_paths.append(rel)
+            continue
         if Path(rel).is_absolute():
             inside = [
                 b for b in (given.absolute(), src_root) if Path(os.path.normpath(rel)).is_relative_to(b)
