@@ -100,3 +100,24 @@ def test_clicks_follow_true_attributes_not_titles(shop):
     ctr = lambda m: imp.loc[m, "clicked"].mean()  # noqa: E731
     assert ctr(match) > 4 * ctr(~match)
     assert ctr(match & ~named) > 2 * ctr(~match)
+
+
+def test_an_interrupted_resynth_keeps_the_previous_shop_whole(tmp_path, ray_session, monkeypatch):
+    """Stopped after drawing new photos: the folder still holds the old shop, photos matching its table."""
+    from ace_ray.cli import main
+    from ace_ray.data.synth import generate
+
+    out = tmp_path / "shop"
+    args = ["synth", "--out", str(out), "--products", "6", "--days", "1", "--sessions", "3",
+            f"workspace={tmp_path}", "data.synth.shard_size=6", "data.synth.image_size=32"]  # fmt: skip
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def stop(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate.clicklog, "simulate_impressions", stop)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--seed", "9"])
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left behind

@@ -14,11 +14,7 @@ import io
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +28,6 @@ from ace_ray.data.schema import (
     IMAGES_DIR,
     IMPRESSIONS_FILE,
     IMPRESSIONS_SCHEMA,
-    MANIFEST_FILE,
-    PRODUCTS_FILE,
-    QUARANTINE_FILE,
-    REPORT_FILE,
     Manifest,
     SchemaError,
 )
@@ -399,64 +391,6 @@ def bring_images(src_root: Path, rel_paths: pd.Series, stage: Path, out: Path) -
             link_or_copy(src_root / norm, stage / IMAGES_DIR / norm)
         out_paths.append(f"{prefix}/{norm}")
     return pd.Series(out_paths, index=rel_paths.index, dtype=object)
-
-
-# ----------------------------------------------------------------------------------------------- publishing
-_OUTPUTS = (PRODUCTS_FILE, IMPRESSIONS_FILE, MANIFEST_FILE, QUARANTINE_FILE, REPORT_FILE)
-
-
-@contextmanager
-def staged_catalogue(out: str | Path, inputs: list[Path], images: Path | None) -> Iterator[Path]:
-    """A staging folder inside ``out`` to write the catalogue into; it replaces ``out``'s catalogue only
-    when the block succeeds (``catalogue.json`` last), and is removed however the block ends.
-
-    Refuses, before any work, an ``--out`` where publishing would overwrite or delete an input file.
-    """
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise SchemaError(f"{out}: --out must be a folder, and this is a file")
-    in_place = images is not None and images.resolve().is_relative_to(out)
-    replaces_images = images is not None and not in_place
-    ours = (out / MANIFEST_FILE).is_file()
-    for f in inputs:
-        f = f.resolve()
-        if any(f == (out / name).resolve() for name in _OUTPUTS):
-            raise SchemaError(
-                f"{f}: is an input, and importing to --out {out} would overwrite it; choose another --out"
-            )
-        if replaces_images and f.is_relative_to((out / IMAGES_DIR).resolve()):
-            raise SchemaError(
-                f"{f}: is an input inside {out / IMAGES_DIR}, which the import replaces; move it first"
-            )
-    if replaces_images and (out / IMAGES_DIR).exists() and not ours:
-        raise SchemaError(
-            f"{out / IMAGES_DIR}: already exists and was not written by ace-ray; import into an empty --out, or "
-            f"pass --images {out / IMAGES_DIR} to use the photos where they are"
-        )
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
-    try:
-        yield stage
-        _publish(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-
-
-def _publish(stage: Path, out: Path) -> None:
-    """Move the staged catalogue into ``out`` with renames (same file system, each one atomic)."""
-    if (stage / IMAGES_DIR).is_dir():
-        if (out / IMAGES_DIR).exists() or (out / IMAGES_DIR).is_symlink():
-            os.rename(out / IMAGES_DIR, stage / "previous-images")  # removed with the stage
-        os.rename(stage / IMAGES_DIR, out / IMAGES_DIR)
-    for name in (PRODUCTS_FILE, IMPRESSIONS_FILE):
-        os.replace(stage / name, out / name)
-    # The last validation describes the previous files: it goes, so nothing can reuse it.
-    for name in (QUARANTINE_FILE, REPORT_FILE):
-        (out / name).unlink(missing_ok=True)
-    os.replace(stage / MANIFEST_FILE, out / MANIFEST_FILE)  # last: the catalogue is complete
 
 
 def finish_import(

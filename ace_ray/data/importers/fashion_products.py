@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from ace_ray.config import ClickModelConfig, SynthConfig
+from ace_ray.data.catalogue import staged_catalogue
 from ace_ray.data.importers.common import (
     bring_images,
     clean_attribute,
     finish_import,
     read_any,
-    staged_catalogue,
 )
 from ace_ray.data.schema import Manifest, SchemaError
 

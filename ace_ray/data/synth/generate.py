@@ -17,7 +17,7 @@ import ray
 
 from ace_ray.config import ClickModelConfig, ConfigError, SynthConfig
 from ace_ray.data import clicklog
-from ace_ray.data.catalogue import write_catalogue
+from ace_ray.data.catalogue import staged_catalogue, write_catalogue
 from ace_ray.data.schema import PRODUCTS_SCHEMA, Manifest, image_shard
 from ace_ray.data.synth.render import render
 from ace_ray.data.synth.taxonomy import BRANDS, COLOURS, GENDERS, LEAVES, PATTERN_P, PATTERNS, STYLES
@@ -85,23 +85,29 @@ def synthesize(cfg: SynthConfig, clicks: ClickModelConfig, out: str | Path) -> d
         if getattr(cfg, key) < 1:
             raise ConfigError(f"data.synth.{key} must be at least 1 (got {getattr(cfg, key)})")
     root = Path(out).resolve()
-    root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n_shards = -(-cfg.products // cfg.shard_size)
-    shards = run_bounded(
-        lambda s: _make_products_task.remote(s, cfg, str(root)),
-        list(range(n_shards)),
-        cfg.workers,
-        "products",
-    )
-    truth = pd.concat(shards, ignore_index=True)
-    t_products = time.perf_counter() - t0
-    impressions = clicklog.simulate_impressions(truth, ATTRIBUTES, clicks, cfg, truth["quality"].to_numpy())
-    t_total = time.perf_counter() - t0
-    manifest = Manifest(source="synth", impressions="simulated", params=vars(cfg) | {"clicks": vars(clicks)})
-    products = truth[PRODUCTS_SCHEMA.names]
-    truth = truth.drop(columns=["title", "category_path", "image_path"])
-    write_catalogue(root, products, impressions, manifest, ground_truth=truth)
+    # Drawn into a staging folder and published whole: an interrupted re-synth must not leave new photos
+    # beside the old products table.
+    with staged_catalogue(root, [], None) as stage:
+        shards = run_bounded(
+            lambda s: _make_products_task.remote(s, cfg, str(stage)),
+            list(range(n_shards)),
+            cfg.workers,
+            "products",
+        )
+        truth = pd.concat(shards, ignore_index=True)
+        t_products = time.perf_counter() - t0
+        impressions = clicklog.simulate_impressions(
+            truth, ATTRIBUTES, clicks, cfg, truth["quality"].to_numpy()
+        )
+        t_total = time.perf_counter() - t0
+        manifest = Manifest(
+            source="synth", impressions="simulated", params=vars(cfg) | {"clicks": vars(clicks)}
+        )
+        products = truth[PRODUCTS_SCHEMA.names]
+        truth = truth.drop(columns=["title", "category_path", "image_path"])
+        write_catalogue(stage, products, impressions, manifest, ground_truth=truth)
     return {
         "products": float(len(products)),
         "impressions": float(len(impressions)),
