@@ -104,8 +104,9 @@ def staged_catalogue(
             )
     if replaces_images and (out / IMAGES_DIR).exists() and not ours:
         raise SchemaError(
-            f"{out / IMAGES_DIR}: already exists and was not written by ace-ray; import into an empty --out, or "
-            f"pass --images {out / IMAGES_DIR} to use the photos where they are"
+            f"{out / IMAGES_DIR}: already exists and was not written by ace-ray (no {MANIFEST_FILE} beside it); "
+            f"write into an empty folder, or (import table) pass --images {out / IMAGES_DIR} to use the photos "
+            "where they are"
         )
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ace_ray.config import ConfigError
 from ace_ray.data.validate import load_clean
 
 SUMMARY_FILE = "summary.md"
@@ -15,7 +16,11 @@ def split_days(impressions: pd.DataFrame, test_days: int) -> tuple[list, list]:
     """The last ``test_days`` distinct days are test days; the rest are train days."""
     days = sorted(pd.to_datetime(impressions["day"]).dt.date.unique())
     if test_days < 0 or test_days >= len(days):
-        raise ValueError(f"data.test_days={test_days} leaves no train days (the log has {len(days)} days)")
+        # A ConfigError, so the command prints one line naming the key (a one-day click log is common).
+        raise ConfigError(
+            f"data.test_days={test_days} leaves no train days (the click log has {len(days)} usable day(s)); "
+            "set data.test_days below that"
+        )
     return days[: len(days) - test_days], days[len(days) - test_days :]
 
 

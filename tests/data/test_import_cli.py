@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ace_ray.cli import main
+from ace_ray.config import ConfigError
 from ace_ray.data.schema import (
     IMPRESSIONS_FILE,
     PRODUCTS_FILE,
@@ -19,6 +20,7 @@ from ace_ray.data.schema import (
     read_impressions,
     read_products,
 )
+from ace_ray.data.summary import summarize
 from ace_ray.data.validate import read_quarantine
 
 pytestmark = pytest.mark.ray
@@ -218,6 +220,9 @@ def test_float_ids_match_and_a_log_of_unknown_products_is_loud(tmp_path, ray_ses
     assert read_impressions(out)["product_id"].tolist() == ["1", "2"]
     assert main(["validate", str(out)]) == 0
     assert "unknown product" not in set(read_quarantine(out)["reason"])
+    # A one-day click log cannot give the default two test days: a config error naming the key.
+    with pytest.raises(ConfigError, match=r"data.test_days=2 leaves no train days .* 1 usable day"):
+        summarize(out, test_days=2)
     assert "WARNING" not in capsys.readouterr().err
     _clicks(shop / "other_ids.csv", ["X-1", "X-2", "X-3", "1"])
     assert _import(tmp_path, shop / "products.parquet", shop / "images", out, "--impressions",
