@@ -84,7 +84,7 @@ def staged_catalogue(
 
     ``images`` is the folder the photos come from (None when they are made, as by synth); photos already
     inside ``out`` stay where they are. Refuses, before any work, an ``out`` where publishing would
-    overwrite or delete an input file, or replace an ``images/`` folder that ace-ray did not write.
+    overwrite or delete an input file, or replace files or an ``images/`` folder that ace-ray did not write.
     """
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
@@ -102,6 +102,12 @@ def staged_catalogue(
             raise SchemaError(
                 f"{f}: is an input inside {out / IMAGES_DIR}, which the import replaces; move it first"
             )
+    foreign = [name for name in _OUTPUTS if (out / name).exists()] if not ours else []
+    if foreign:  # files of the same names that ace-ray did not write: never replace them silently
+        raise SchemaError(
+            f"{out / foreign[0]}: already exists and was not written by ace-ray (no {MANIFEST_FILE} beside it); "
+            "write the catalogue into another folder"
+        )
     if replaces_images and (out / IMAGES_DIR).exists() and not ours:
         raise SchemaError(
             f"{out / IMAGES_DIR}: already exists and was not written by ace-ray (no {MANIFEST_FILE} beside it); "

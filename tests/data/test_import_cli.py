@@ -119,6 +119,12 @@ def test_a_failed_import_leaves_nothing_and_keeps_the_previous_catalogue(tmp_pat
         == 2
     )
     assert _fingerprint(out) == good and not [p for p in out.iterdir() if p.name.startswith(".")]
+    # A folder holding files of the contract's names that ace-ray did not write is not written over.
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / IMPRESSIONS_FILE).write_bytes(b"someone else's table")
+    assert _import(tmp_path, shop / "products.csv", shop / "images", tmp_path / "theirs") == 2
+    assert "impressions.parquet: already exists and was not written by ace-ray" in capsys.readouterr().err
+    assert (tmp_path / "theirs" / IMPRESSIONS_FILE).read_bytes() == b"someone else's table"
 
 
 def test_bad_input_is_one_error_line_naming_file_and_line(tmp_path, ray_session, capsys):
@@ -265,15 +271,23 @@ def test_tiny_images_and_precise_reasons(tmp_path, ray_session, capsys):
 
 
 def test_a_changed_catalogue_is_not_read_with_its_old_quarantine(tmp_path, ray_session, capsys):
-    """Re-synthesising into a validated folder: the old quarantine's row numbers describe other rows."""
+    """The quarantine names rows by number: it must never be applied to another version of the tables."""
     out = tmp_path / "shop"
     synth = ["synth", "--out", str(out), "--products", "12", "--days", "2", "--sessions", "5",
-             f"workspace={tmp_path}", "data.synth.shard_size=12"]  # fmt: skip
+             f"workspace={tmp_path}", "data.synth.shard_size=12", "data.synth.image_size=32"]  # fmt: skip
+    small = ["data.features.cnn_input=32", "data.features.grid=1", f"workspace={tmp_path}"]
     assert main(synth) == 0
     (out / read_products(out).loc[0, "image_path"]).write_bytes(b"")  # one quarantined product
     assert main(["validate", str(out)]) == 0
+    # Re-synthesising into the folder takes the old validation away with the old tables ...
     assert main([*synth, "--seed", "3"]) == 0
-    small = ["data.features.cnn_input=32", "data.features.grid=1", f"workspace={tmp_path}"]
+    assert main(["features", str(out), *small]) == 2
+    assert (
+        f"not validated yet (no {QUARANTINE_FILE}); run `ace-ray validate {out}`" in capsys.readouterr().err
+    )
+    # ... and a table changed by anything else after `validate` is refused, naming it.
+    assert main(["validate", str(out)]) == 0
+    read_products(out).iloc[::-1].to_parquet(out / PRODUCTS_FILE)  # same rows, other row numbers
     assert main(["features", str(out), *small]) == 2
     err = capsys.readouterr().err
     assert f"{out / PRODUCTS_FILE}: changed since `ace-ray validate` wrote {QUARANTINE_FILE}" in err
