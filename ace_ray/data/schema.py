@@ -55,6 +55,9 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+_ID_COLUMNS = {"product_id", "session_id"}
+
+
 class SchemaError(ValueError):
     """A table that does not have the columns the contract requires."""
 
@@ -93,14 +96,23 @@ def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
     if not path.is_file():
         raise SchemaError(f"{path}: file not found")
     try:
-        names = pq.read_schema(path).names
+        found = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
+    names = found.names
     missing = [c for c in schema.names if c not in names]
     if missing:
         raise SchemaError(
             f"{path}: missing required column(s) {', '.join(missing)} (has: {', '.join(names)})"
         )
+    for col in _ID_COLUMNS & set(schema.names):
+        kind = found.field(col).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            # Numeric ids match nothing in the other table (1.0 is not "1"): the importers normalise them.
+            raise SchemaError(
+                f"{path}: column {col} holds {kind} values; ids must be text (`ace-ray import table` "
+                "converts them the same way in both tables)"
+            )
     return pq.read_table(path).to_pandas()
 
 

@@ -102,8 +102,15 @@ def test_clean_catalogue_passes_and_counts_per_day(catalogue):
 
 
 def test_missing_column_is_a_clear_error(catalogue):
-    read_products(catalogue).drop(columns=["title"]).to_parquet(catalogue / PRODUCTS_FILE)
+    original = read_products(catalogue)
+    original.drop(columns=["title"]).to_parquet(catalogue / PRODUCTS_FILE)
     with pytest.raises(SchemaError, match=r"products\.parquet: missing required column\(s\) title"):
+        validate(catalogue)
+    # Numeric ids written by hand would match nothing in the other table ("1.0" is not "1"): refused.
+    original.assign(product_id=original.index.astype(float)).to_parquet(catalogue / PRODUCTS_FILE)
+    with pytest.raises(
+        SchemaError, match=r"products\.parquet: column product_id holds double values; ids must be text"
+    ):
         validate(catalogue)
 
 
