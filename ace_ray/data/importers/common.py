@@ -1,9 +1,9 @@
 """What every importer shares: reading the user's tables, bringing images under the catalogue root,
-normalising ids and dates, simulating a click log where there is none, and publishing the contract's files.
+normalising ids and dates, and simulating a click log where there is none.
 
 Two promises hold for every import: the user's input files are never modified or deleted, and a failed or
-interrupted import leaves no half-written catalogue (it is written to a staging folder inside ``--out`` and
-published only when complete, ``catalogue.json`` last).
+interrupted import leaves no half-written catalogue (the importers write into
+``catalogue.staged_catalogue``, published only when complete, ``catalogue.json`` last).
 """
 
 from __future__ import annotations
