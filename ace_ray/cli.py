@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "roi_patch_pixel | none | hot_query | adversarial (finetune.preset)")  # fmt: skip
     _key(p, "--init", key="finetune.init_from", path=True,
          help="pretrained model directory to start from (finetune.init_from)")  # fmt: skip
+    p.add_argument("--register", metavar="NAME", help="register the model in MLflow as NAME (alias candidate): "
+                   "serve it as models:/NAME@candidate")  # fmt: skip
     _train_flags(p, "finetune")
 
     p = sub.add_parser("evaluate", help="GAUC, Recall@K (exact and FAISS), MRR, nDCG vs the baselines",
@@ -169,6 +171,37 @@ def build_parser() -> argparse.ArgumentParser:
                        "fine-tuned model against its query embeddings; report the recall lost (student queries "
                        "against the teacher's product embeddings) and the encode time saved.")  # fmt: skip
     _model_flags(p, required=True)
+
+    p = sub.add_parser("index", help="embed the catalogue into a FAISS index directory for serving",
+                       description="A Ray Data batch job: actors holding the model's product tower embed every "
+                       "featurised product (title, train-day hot queries, image features) into a versioned index "
+                       "directory: the FAISS index (exact up to 100k products, HNSW above, --kind ivfpq for less "
+                       "memory), the row -> product map, the hot-query embedding cache and a manifest naming the "
+                       "model's weights. Logged to MLflow beside the model.")  # fmt: skip
+    _model_flags(p, required=True)
+    p.add_argument(
+        "--out", metavar="DIR", help="where index directories go (default <ray.storage_path>/indexes)"
+    )
+    p.add_argument(
+        "--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"), help="FAISS index kind"
+    )
+
+    p = sub.add_parser("serve", help="run the search service (Ray Serve) until Ctrl-C",
+                       description="Start the search application: QueryEncoder (batched, autoscaled), ProductIndex "
+                       "(FAISS) and the HTTP API (POST /search, POST /similar, GET /healthz) on 127.0.0.1. The "
+                       "same as `serve run serve_apps/search.yaml` with these arguments.")  # fmt: skip
+    p.add_argument("--index", required=True, metavar="DIR", help="index directory (from `ace-ray index`)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run", metavar="RUN_ID", help="MLflow run of the model (default: the index's)")
+    src.add_argument("--model", dest="serve_model", metavar="DIR|models:/NAME@ALIAS",
+                     help="model directory or MLflow registered model")  # fmt: skip
+    p.add_argument(
+        "--query-model", metavar="DIR|RUN_ID", help="a distilled query tower to encode queries with"
+    )
+    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help="query tower runtime")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    _common(p)
 
     p = sub.add_parser("reproduce", help="the paper's tables (1, 3, 4) with several seeds, as a Markdown report",
                        description="Pretrain, fine-tune and evaluate every row of the paper's Tables 1, 3 and 4 "
@@ -241,11 +274,21 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "pretrain":
         jobs.pretrain(workload, args.resume)
     elif args.command == "finetune":
-        jobs.finetune(workload, args.resume)
+        jobs.finetune(workload, args.resume, args.register)
     elif args.command == "evaluate":
         jobs.evaluate(workload, args.model, args.run)
     elif args.command == "distill":
         jobs.distill(workload, args.model, args.run)
+    elif args.command == "index":
+        out = str(Path(args.out).expanduser().resolve()) if args.out else None
+        jobs.index(workload, args.model, args.run, out, {"kind": args.kind})
+    elif args.command == "serve":
+        src = args.serve_model or args.run or ""
+        src = str(Path(src).resolve()) if src and Path(src).expanduser().is_dir() else src
+        qm = args.query_model or ""
+        qm = str(Path(qm).resolve()) if qm and Path(qm).expanduser().is_dir() else qm
+        jobs.serve(workload, {"index": str(Path(args.index).expanduser().resolve()), "model": src,
+                              "query_model": qm, "backend": args.backend}, args.host, args.port)  # fmt: skip
     elif args.command == "reproduce":
         from ace_ray.eval.reproduce import reproduce
 

@@ -129,14 +129,17 @@ def pretrain(workload: Workload, run_name: str | None = None) -> dict:
     return res
 
 
-def finetune(workload: Workload, run_name: str | None = None) -> dict:
-    """Fine-tune the two towers (the workload's preset) on Ray Train; ``run_name`` resumes a run."""
+def finetune(workload: Workload, run_name: str | None = None, register: str | None = None) -> dict:
+    """Fine-tune the two towers (the workload's preset) on Ray Train; ``run_name`` resumes a run;
+    ``register`` registers the model in MLflow under that name (alias ``candidate``)."""
     from ace_ray.train.finetune import run_finetune
 
     res = run_finetune(workload, run_name)
     print(f"finetune ({workload.finetune.preset}): {res['step']} steps ({res['steps_repeated']} repeated after "
           f"failures), final matching loss {res['loss']:.3f}, {res['samples_per_s']:.1f} pairs/s\n"
           f"model {res['model_dir']}\nMLflow run {res['run_id']}; Ray Train run {res['ray_run_name']}")  # fmt: skip
+    if register:
+        tracking.register_model(workload, res["run_id"], register)
     return res
 
 
@@ -218,6 +221,69 @@ def distill(workload: Workload, model_dir: str | Path | None = None, run_id: str
     print(f"\ndistilled query tower ({cfg.layers} layers) on {fig['queries']:,} train-day queries:\n{table}\n"
           f"{k} lost: {fig['recall_lost']:.4f}; query encoding {fig['speedup']:.2f}x faster\nmodel {out}")  # fmt: skip
     return {**res, **fig, "model_dir": str(out)}
+
+
+def index(workload: Workload, model_dir: str | Path | None = None, run_id: str | None = None,
+          out: str | Path | None = None, settings: dict | None = None) -> Path:  # fmt: skip
+    """Embed the catalogue with a fine-tuned model (a directory or MLflow run ``run_id``) into a versioned
+    index directory under ``out`` (default ``<ray.storage_path>/indexes``); log it to MLflow beside the
+    model (in the model's run when there is one). ``settings``: ``IndexSettings`` keys."""
+    import tempfile
+
+    from ace_ray.serve.index_dir import IndexManifest
+    from ace_ray.serve.index_job import build_index_dir
+    from ace_ray.serve.settings import IndexSettings, from_mapping
+
+    cfg = from_mapping(IndexSettings, {"batch_size": workload.eval.batch_size, "actors": workload.eval.embed_actors,
+                                       **(settings or {})})  # fmt: skip
+    ensure_ray(workload.ray)
+    root = workload.path(workload.data.root)
+    out_root = Path(out) if out else workload.path(workload.ray.storage_path) / "indexes"
+    with tempfile.TemporaryDirectory() as tmp:
+        if run_id:
+            model_dir = tracking.download_model(workload, run_id, tmp)
+        tags = {"stage": "index", "model_run_id": run_id or "", "model_dir": str(model_dir or "")}
+        with tracking.start_run(workload, "index", tags=tags):
+            path = build_index_dir(model_dir, root, fs.for_workload(workload), out_root, cfg,
+                                   workload.data.test_days, run_id or "")  # fmt: skip
+            m = IndexManifest.read(path)
+            tracking.log_metrics({"products": m.products, "hot_queries": m.hot_queries, "dim": m.dim,
+                                  "skipped_products": m.skipped_products, "seconds": m.params["seconds"]})  # fmt: skip
+            tracking.log_artifact(path / "manifest.json")
+            if not run_id:
+                tracking.log_artifacts(path, f"index/{m.version}")
+        if run_id:  # beside the model it belongs to
+            with tracking.start_run(workload, "index", run_id=run_id):
+                tracking.log_artifacts(path, f"index/{m.version}")
+    print(f"index {m.version}: {m.products:,} products ({m.kind}, {m.dim}-d), {m.hot_queries:,} hot queries "
+          f"cached, {m.skipped_products:,} products without features skipped, {m.params['seconds']:.1f} s\n"
+          f"index directory {path}")  # fmt: skip
+    return path
+
+
+def serve(
+    workload: Workload, settings: dict, host: str = "127.0.0.1", port: int = 8000, block: bool = True
+) -> str:
+    """Start the search application (``ServiceSettings`` keys in ``settings``) on ``host:port``; with
+    ``block``, serve until Ctrl-C or SIGTERM, then shut it down. Returns the URL."""
+    from ray import serve as ray_serve
+
+    from ace_ray.serve.app import start
+
+    ensure_ray(workload.ray)
+    settings = {"tracking_uri": tracking.tracking_uri(workload), **settings}
+    url = start(settings, host, port)
+    print(f"search service at {url} (POST /search, POST /similar, GET /healthz); Ctrl-C stops it", flush=True)
+    if not block:
+        return url
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping the search service")
+    finally:
+        ray_serve.shutdown()
+    return url
 
 
 def summary(workload: Workload) -> dict:

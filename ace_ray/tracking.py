@@ -121,3 +121,22 @@ def download_model(workload: Workload, run_id: str, dst: str | Path) -> Path:
             f"MLflow run {run_id}: no model artefact in {tracking_uri(workload)} ({exc})"
         ) from exc
     return Path(path)
+
+
+def register_model(workload: Workload, run_id: str, name: str, alias: str = "candidate") -> int:
+    """Register run ``run_id``'s ``model`` artefact as a new version of registered model ``name`` and point
+    ``alias`` at it (``models:/NAME@alias`` is how a served model is promoted); returns the version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri(workload))
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    source = f"{mlflow.get_run(run_id).info.artifact_uri}/model"
+    version = client.create_model_version(name, source, run_id=run_id)
+    client.set_registered_model_alias(name, alias, version.version)
+    print(f"registered model {name} version {version.version} (models:/{name}@{alias}) from run {run_id}")
+    return int(version.version)
