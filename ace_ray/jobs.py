@@ -300,13 +300,17 @@ def summary(workload: Workload) -> dict:
 def quickstart(workload: Workload) -> None:
     """Every stage, end to end, on the embedded default data: the pretrained model starts the fine-tuning,
     and the fine-tuned one is evaluated against the baselines."""
+    from ace_ray.serve.demo import demo as search_demo
+
     t0 = time.perf_counter()
 
     state: dict = {}
     steps = [("synth", synth), ("validate", validate_catalogue), ("summary", summary), ("features", features),
              ("pretrain", lambda w: state.update(pretrained=pretrain(w)["model_dir"])),
              ("finetune", lambda w: state.update(model=finetune(with_overrides(w, [f"finetune.init_from={state['pretrained']}"]))["model_dir"])),
-             ("evaluate", lambda w: evaluate(w, state["model"]))]  # fmt: skip
+             ("evaluate", lambda w: evaluate(w, state["model"])),
+             ("index", lambda w: state.update(index=index(w, state["model"]))),
+             ("serve", lambda w: search_demo(state["model"], state["index"]))]  # fmt: skip
     for i, (name, step) in enumerate(steps, 1):
         print(f"\n=== quickstart {i}/{len(steps)}: {name} ===", flush=True)
         step(workload)
