@@ -21,6 +21,7 @@ EPILOG = """examples:
   ace-ray features data/shop
   ace-ray pretrain --workload workloads/quickstart.yaml pretrain.train.lr=1e-4
   ace-ray finetune --workload workloads/quickstart.yaml --preset acebert --init runs/<pretrain run>/.../model
+  ace-ray tune --space tune_spaces/partitions_gamma.yaml --workload workloads/quickstart.yaml
   ace-ray quickstart --workload workloads/quickstart.yaml data.synth.products=500
 Without RAY_ADDRESS a local Ray listening on 127.0.0.1 is started; with it, the command joins that cluster."""
 
@@ -159,6 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "serve it as models:/NAME@candidate")  # fmt: skip
     _train_flags(p, "finetune")
 
+    p = sub.add_parser("tune", help="Ray Tune sweep over fine-tuning settings (partitions, gamma, ...)",
+                       description="Search the keys of a space file (tune_spaces/*.yaml) with Ray Tune: every trial "
+                       "is a fine-tuning on Ray Train, measured on validation days carved from the training "
+                       "days (data.val_days), stopped early by ASHA; then the best configuration is trained on "
+                       "train + validation days and evaluated once on the test days. Results in "
+                       "<ray.storage_path>/tune/<name>/ (trials.csv, best.yaml, report.md) and in MLflow.")  # fmt: skip
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--space", metavar="YAML", help="search space file (tune_spaces/*.yaml)")
+    src.add_argument(
+        "--resume", metavar="DIR", help="an interrupted sweep's directory: finished trials are kept"
+    )
+    p.add_argument("--preset", help="the fine-tuning preset every trial trains (finetune.preset)")
+    _key(p, "--init", key="finetune.init_from", path=True,
+         help="pretrained model directory every trial starts from (finetune.init_from)")  # fmt: skip
+    _key(p, "--root", key="data.root", path=True, help="catalogue directory with features (data.root)")
+    _common(p)
+
     p = sub.add_parser("evaluate", help="GAUC, Recall@K (exact and FAISS), MRR, nDCG vs the baselines",
                        description="Evaluate a fine-tuned model on the test days against a random embedding, BM25 "
                        "over titles and zero-shot MiniLM: GAUC over the test sessions, Recall@10/50/100, MRR and "
@@ -238,7 +256,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _absolute_paths(args: argparse.Namespace) -> None:
     # File arguments are relative to where the user is, not to the workspace.
-    for name in ("products", "images", "impressions", "src", "model"):
+    for name in ("products", "images", "impressions", "src", "model", "space"):
         if isinstance(getattr(args, name, None), str):
             setattr(args, name, str(Path(getattr(args, name)).expanduser().resolve()))
 
@@ -275,6 +293,10 @@ def run(args: argparse.Namespace) -> int:
         jobs.pretrain(workload, args.resume)
     elif args.command == "finetune":
         jobs.finetune(workload, args.resume, args.register)
+    elif args.command == "tune":
+        from ace_ray.tune.sweep import run_sweep
+
+        run_sweep(workload, args.space, args.resume)
     elif args.command == "evaluate":
         jobs.evaluate(workload, args.model, args.run)
     elif args.command == "distill":
@@ -298,8 +320,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``key=value`` overrides may also follow flags (``features DIR --workload W
+    data.test_days=1``: argparse alone assigns positionals only before the first flag)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return run(args)
     except (ConfigError, SchemaError, FeatureMismatch, FileNotFoundError) as exc:

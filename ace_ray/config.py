@@ -175,11 +175,19 @@ class DataConfig:
 
     root: str = _f("data/shop", nonempty=True)
     test_days: int = _f(2, ge=0)  # the last N days are the test days; training never reads their clicks
+    # The N days before the test days are validation days (sweeps, early stopping): training does not read
+    # their clicks either; 0 = none, every day before the test days trains.
+    val_days: int = _f(0, ge=0)
     synth: SynthConfig = field(default_factory=SynthConfig)
     clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     text: TextConfig = field(default_factory=TextConfig)
     batches: BatchConfig = field(default_factory=BatchConfig)
+
+    @property
+    def held_out_days(self) -> int:
+        """The last days training never reads: the validation days and the test days."""
+        return self.val_days + self.test_days
 
 
 @dataclass
@@ -288,6 +296,10 @@ class FinetuneConfig:
     pooling: str = _f("mean", choices=("mean", "cls"))  # mean (over every unpadded position) | cls
     gamma: float = _f(20.0, gt=0)  # softmax scale of the cosine similarity (eq. 4)
     mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
+    # With data.val_days: Recall@val_k of the validation days' queries, at every checkpoint, over the products
+    # they clicked and up to val_products others (0 = the whole catalogue); what sweeps select on.
+    val_k: int = _f(100, ge=1)
+    val_products: int = _f(2000, ge=0)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

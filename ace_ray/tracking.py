@@ -50,8 +50,10 @@ def start_run(workload: Workload, run_name: str, tags: dict[str, str] | None = N
 
     mlflow.set_tracking_uri(tracking_uri(workload))
     exp_id = _experiment_id(mlflow, workload)
+    # Inside another command's run (a sweep's final fine-tuning), this one nests under it.
+    nested = mlflow.active_run() is not None
     with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name,
-                          tags=tags) as run:  # fmt: skip
+                          tags=tags, nested=nested) as run:  # fmt: skip
         if run_id is None:
             params = {k: str(v)[:_PARAM_MAX] for k, v in flatten(to_dict(workload)).items()}
             mlflow.log_params(params)

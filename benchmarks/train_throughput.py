@@ -4,8 +4,9 @@
     python benchmarks/train_throughput.py [--products 1200] [--steps 60] [model.size=small ...]
 
 Each Ray Train worker gets 1 CPU and 1 torch thread, as does the bare loop, so (b) / (a) is the cost of Ray
-Train and Ray Data streaming (goal: at least 0.9) and (c) / (b) the scaling from a second worker. Both
-measure from the first optimiser step on (start-up excluded) and include building the batches.
+Train and of its workers reading their share of the set (goal: at least 0.9) and (c) / (b) the scaling from
+a second worker. Both measure from the first optimiser step on (start-up excluded) and include building the
+batches.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ def test_features_command_builds_store_and_hot_queries(tmp_path, ray_session, ca
 
 # Placeholders of the README's command lines, and values to parse them with.
 _PLACEHOLDERS = {"N": "2", "RUN": "finetune-acebert-x", "RUN_ID": "0123abcd", "DIR": "some/dir",
-                 "PRETRAINED_MODEL_DIR": "runs/p/checkpoint_000001/model", "REPORT_DIR": "reports/r"}  # fmt: skip
+                 "PRETRAINED_MODEL_DIR": "runs/p/checkpoint_000001/model", "REPORT_DIR": "reports/r",
+                 "W": "workloads/quickstart.yaml"}  # fmt: skip
 
 
 def _readme_commands() -> list[str]:
@@ -142,7 +143,7 @@ def test_every_readme_command_parses_into_a_valid_workload(line):
 
 
 def test_flag_shorthands_belong_to_their_command(tmp_path, monkeypatch):
-    from ace_ray.cli import _absolute_paths, _overrides, build_parser
+    from ace_ray.cli import _absolute_paths, _overrides, build_parser, parse
 
     monkeypatch.chdir(tmp_path)
     # `import table --products` is a file, `synth --products` a count: one global table read the file
@@ -166,6 +167,11 @@ def test_flag_shorthands_belong_to_their_command(tmp_path, monkeypatch):
     assert _overrides(args) == [f"reproduce.resume={tmp_path / 'reports' / 'r'}"]
     args = build_parser().parse_args(["features", "shop", "--whole-image"])
     assert _overrides(args) == [f"data.root={tmp_path / 'shop'}", "data.features.roi=False"]
+    # Overrides may follow a flag that follows a positional argument.
+    args = parse(["features", "shop", "--workload", "w.yaml", "data.test_days=1", "data.features.grid=2"])
+    assert args.overrides == ["data.test_days=1", "data.features.grid=2"] and args.workload == "w.yaml"
+    with pytest.raises(SystemExit):
+        parse(["features", "shop", "--workload", "w.yaml", "stray"])
 
 
 @pytest.mark.ray

@@ -34,16 +34,16 @@ def train_split(root: str | Path, test_days: int) -> dict:
 
 
 def check_split(model_split: dict | None, root: str | Path, test_days: int, what: str) -> None:
-    """Refuse to evaluate (or index) a model on another split than it was trained on: with fewer test days
-    its training clicks would be scored as test clicks; with more, its hot queries would not be the ones
-    of the days it learnt from."""
+    """Refuse to evaluate (or index) a model on days it was trained on: a model whose training read clicks
+    up to a later day than this workload's first test day would be scored on its own training clicks. (A
+    model that held out more days, e.g. validation days, is fine.)"""
     if not model_split:
         return  # models saved before splits were recorded
     now = train_split(root, test_days)
-    if model_split["first_test_day"] != now["first_test_day"]:
+    if model_split["first_test_day"] > now["first_test_day"]:
         raise ConfigError(
-            f"{what} was trained on clicks before {model_split['first_test_day']} (data.test_days="
-            f"{model_split['test_days']}); this workload's test days start on {now['first_test_day']} "
+            f"{what} was trained on clicks before {model_split['first_test_day']} (held out "
+            f"{model_split['test_days']} day(s)); this workload's test days start on {now['first_test_day']} "
             f"(data.test_days={test_days}): use data.test_days={model_split['test_days']}"
         )
 

@@ -184,17 +184,31 @@ _SETTINGS = ("backbone", "roi", "grid", "cnn_input", "pixel_size", "pixel_patch"
 def for_workload(w) -> FeatureStore:
     """The feature store a workload trains on, under ``data.features.out`` (default
     ``<data.root>/features``): the finished one whose manifest matches every ``data.features`` setting it
-    records (backbone, roi, grid, cnn_input, pixel_size, pixel_patch) and this code's feature version. None,
-    or more than one (the same settings with other weights), is an error that names the fields."""
+    records (backbone, roi, grid, cnn_input, pixel_size, pixel_patch) and this code's feature version, made
+    from the catalogue's products file as it is now. None, or more than one (the same settings with other
+    weights), is an error that names the fields."""
     cfg = w.data.features
     root = w.path(cfg.out) if cfg.out else w.path(w.data.root) / "features"
     want = {k: getattr(cfg, k) for k in _SETTINGS} | {"code_version": FEATURE_CODE_VERSION}
     stores = [
         FeatureStore(m.parent) for m in sorted(Path(root).glob(f"*/{MANIFEST}")) if is_complete(m.parent)
     ]
+    hint = " --whole-image" if cfg.roi is False else ""
     if not stores:
-        hint = " --whole-image" if cfg.roi is False else ""
         raise FileNotFoundError(f"{root}: no features yet; run `ace-ray features{hint}`")
+    # Features of another version of the catalogue (re-imported or re-synthesised since) are not these.
+    products = w.path(w.data.root) / "products.parquet"
+    if products.is_file():
+        from ace_ray.data.validate import file_sha256
+
+        now = file_sha256(products)
+        current = [
+            s for s in stores if json.loads((s.path / STATS).read_text()).get("products_sha256", now) == now
+        ]
+        if not current:
+            raise FeatureMismatch(f"{root}: the features were made from another {products.name} than the one in "
+                                  f"{products.parent} now; run `ace-ray features{hint}` again")  # fmt: skip
+        stores = current
 
     def diff(s: FeatureStore) -> list[str]:
         have = asdict(s.manifest)

@@ -77,7 +77,9 @@ class TowerRetriever(EmbeddingRetriever):
         return encode_query_texts(self.towers, queries, self.info["text"])
 
     def _embed_products(self, products: pd.DataFrame) -> np.ndarray:
-        hot = (read_hot_queries(self.root, self.test_days, self.info["text"]["hot_k"])[["product_id", "hot_queries"]]
+        # The hot queries of the days the model trained on (its split), as in training.
+        held_out = self.info.get("split", {}).get("test_days", self.test_days)
+        hot = (read_hot_queries(self.root, held_out, self.info["text"]["hot_k"])[["product_id", "hot_queries"]]
                if self.towers.hot_queries else None)  # fmt: skip
         lookup = products[["product_id", "title"]]
         lookup = (

@@ -105,11 +105,14 @@ def encode_query_texts(towers: TwoTower, queries: list[str], text_cfg: dict, bat
     from ace_ray.data import text
 
     out = [np.zeros((0, towers.proj.out_features), np.float32)]
+    device = towers.proj.weight.device
     with torch.inference_mode():
         for i in range(0, len(queries), batch):
             q = text.encode(queries[i : i + batch], text_cfg["max_query"], text_cfg["tokenizer"])
-            ids, mask = (torch.from_numpy(q[k].astype(np.int64)) for k in ("input_ids", "attention_mask"))
-            out.append(towers.encode_queries(ids, mask).numpy())
+            ids, mask = (
+                torch.from_numpy(q[k].astype(np.int64)).to(device) for k in ("input_ids", "attention_mask")
+            )
+            out.append(towers.encode_queries(ids, mask).float().cpu().numpy())
     return np.concatenate(out)
 
 

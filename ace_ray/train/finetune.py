@@ -29,6 +29,7 @@ from ace_ray.data import text
 from ace_ray.data.batching import cached_finetune_batches, normalise_pixels
 from ace_ray.data.clicks import train_split
 from ace_ray.data.plan import EpochPlan
+from ace_ray.eval.validation import ValidationSet, build_validation_set, pool_rows, validation_recall
 from ace_ray.model.objective import Objective, false_negative_mask, game_stats, inbatch_accuracy
 from ace_ray.model.towers import DomainClassifier, build_towers, save_towers
 from ace_ray.runtime import ensure_ray
@@ -106,6 +107,11 @@ class FinetuneTask(loop.Task):
         self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", *(["patches"] if w.model.patches else []),
                         *(["pixels"] if w.model.pixels else [])]  # fmt: skip
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.validation, self.rank = None, ray.train.get_context().get_world_rank()
+        if config.get("validation"):
+            self.validation = ValidationSet(**config["validation"])
+            self.val_rows = (pool_rows(self.validation, w.data.root, config["store_path"], w.data.held_out_days,
+                                       w.data.text.hot_k) if self.rank == 0 else None)  # fmt: skip
 
     def fingerprint(self, raw) -> int:
         return int(raw["batch_id"][0])
@@ -149,6 +155,22 @@ class FinetuneTask(loop.Task):
         self.opt_d.zero_grad(set_to_none=True)
         self.disc_steps.value += 1
 
+    def report_metrics(self, step, log):
+        """Recall@k on the validation days (computed on rank 0, the same value on every rank)."""
+        if self.validation is None:
+            return {}
+        value = [None]
+        if self.rank == 0:
+            value[0] = validation_recall(checkpoints.unwrap(self.model), self.validation, self.val_rows,
+                                         self.manifest, dataclasses.asdict(self.w.data.text), self.device)  # fmt: skip
+        if self.world > 1:
+            dist.broadcast_object_list(value, src=0)
+        name = f"val_recall_at_{self.validation.k}"
+        log.metrics({name: value[0]}, step)
+        if self.rank == 0:
+            print(f"[finetune] step {step}: {name} {value[0]:.4f}", flush=True)
+        return {name: value[0]}
+
     def extra_state(self):
         return {"disc": self.disc, "disc_opt": self.opt_d, "disc_steps": self.disc_steps} if self.disc else {}
 
@@ -178,31 +200,60 @@ def plan_steps(w: Workload, batch_dir: Path, world: int) -> tuple[EpochPlan, int
     return plan, tc.max_steps or plan.steps(tc.epochs)
 
 
-def run_finetune(w: Workload, run_name: str | None = None) -> dict:
+def run_finetune(w: Workload, run_name: str | None = None, trial: dict | None = None) -> dict:
     """Fine-tune the two towers on the workload's click log; the result with the model directory.
-    ``run_name`` of an interrupted run resumes it from its latest checkpoint."""
+
+    ``run_name`` of an interrupted run resumes it from its latest checkpoint. ``trial`` (inside a Ray Tune
+    trial: its ``id`` and the sweep's ``parent_run_id``) names the run after the trial, continues it when a
+    failed trial is retried, reports every checkpoint's metrics to Tune and nests the MLflow run under the
+    sweep's."""
     ft, tc = w.finetune, w.finetune.train
     ensure_ray(w.ray)
     # Workers run elsewhere: every path they read must be absolute.
     w = dataclasses.replace(w, workspace=str(w.path(".")))
-    existing = runner.check_resume(w, run_name)
+    if trial:
+        name, callbacks = f"trial-{trial['id']}", [TuneReportCallback()]
+        existing = tracking.find_run(w, "ray_run_name", name)  # a retried trial continues its run
+    else:
+        name, callbacks = runner.run_name(f"finetune-{ft.preset}", run_name), []
+        existing = runner.check_resume(w, run_name)
     if ft.init_from:
         runner.check_model_dir(w.path(ft.init_from), "finetune.init_from")
     root = w.path(w.data.root)
     store = fs.for_workload(w)
-    batch_dir, counts = cached_finetune_batches(root, store, w.data.test_days, w.data.batches, w.data.text)
+    held_out = w.data.held_out_days  # training reads neither the validation nor the test days
+    batch_dir, counts = cached_finetune_batches(root, store, held_out, w.data.batches, w.data.text)
     plan, total = plan_steps(w, batch_dir, tc.workers)
+    validation = build_validation_set(root, store, w.data.test_days, w.data.val_days, ft.val_k, ft.val_products,
+                                      tc.seed)  # fmt: skip
     use_gpu = runner.wants_gpu(tc)
-    name = runner.run_name(f"finetune-{ft.preset}", run_name)
-    tags = {"stage": "finetune", "preset": ft.preset, "ray_run_name": name}
-    with tracking.start_run(w, f"finetune-{ft.preset}", tags=tags, run_id=existing) as run:
+    split = train_split(root, held_out)
+    # Which days the run trained and validated on, recorded where a sweep's runs can be checked.
+    tags = {"stage": "finetune", "preset": ft.preset, "ray_run_name": name, "train_until": split["first_test_day"],
+            "validation_days": f"{validation.first_day}..{validation.end_day}" if validation else ""}  # fmt: skip
+    if trial:
+        tags |= {"mlflow.parentRunId": trial["parent_run_id"], "tune_trial_id": trial["id"]}
+    with tracking.start_run(w, name if trial else f"finetune-{ft.preset}", tags=tags, run_id=existing) as run:
         tracking.log_metrics({"pairs": counts["pairs"], "batches": counts["batches"], "total_steps": total,
-                              "micro_batches_per_epoch": plan.batches(0)})  # fmt: skip
+                              "micro_batches_per_epoch": plan.batches(0),
+                              "val_queries": len(validation.queries) if validation else 0})  # fmt: skip
         loop_config = {"workload": to_dict(w), "manifest": dataclasses.asdict(store.manifest), "use_gpu": use_gpu,
                        "total_steps": total, "plan": plan.to_dict(), "tracking_uri": tracking.tracking_uri(w),
-                       "mlflow_run_id": run.info.run_id, "split": train_split(root, w.data.test_days)}  # fmt: skip
+                       "mlflow_run_id": run.info.run_id, "split": split,
+                       "store_path": str(store.path), "validation": validation.to_dict() if validation else None}  # fmt: skip
+        val = (
+            f", validating on {len(validation.queries):,} queries of {w.data.val_days} day(s)"
+            if validation
+            else ""
+        )
         print(f"[finetune] preset {ft.preset}: {counts['pairs']:,} pairs in {counts['batches']:,} batches of "
               f"{w.data.batches.batch_size} (P={w.data.batches.partitions}), {tc.workers} workers"
-              f"{' on GPUs' if use_gpu else ''}, {total} steps; Ray Train run {name}")  # fmt: skip
-        trainer = runner.trainer_for(w, tc, name, train_loop, loop_config)
+              f"{' on GPUs' if use_gpu else ''}, {total} steps{val}; Ray Train run {name}")  # fmt: skip
+        trainer = runner.trainer_for(w, tc, name, train_loop, loop_config, callbacks)
         return runner.fit(trainer, run, name)
+
+
+def TuneReportCallback():  # noqa: N802  (a class in Ray; imported only inside a Tune trial)
+    from ray.tune.integration.ray_train import TuneReportCallback as Callback
+
+    return Callback()

@@ -52,6 +52,11 @@ class Task:
     def on_step(self, step: int, log: worker.RunLog) -> None:
         """After every optimiser step, on every rank (periodic evaluation)."""
 
+    def report_metrics(self, step: int, log: worker.RunLog) -> dict[str, float]:
+        """At every checkpoint and at the end, on every rank: metrics to report to Ray Train (and so to
+        Ray Tune), the same on every rank (validation)."""
+        return {}
+
     def write_model(self, directory: Path) -> None:
         """Write the model directory into the final checkpoint."""
         raise NotImplementedError
@@ -126,8 +131,9 @@ def run(task: Task, config: dict, tc, rank: int, world: int, device: torch.devic
                     print(worker.progress_line(task.tag, pos, total, m, task.log_keys, meter), flush=True)
             task.on_step(pos.step, log)
             if pos.step % tc.checkpoint_every == 0 and pos.step < total:
-                checkpoints.report({"step": pos.step, "loss": last_loss}, model, opt, sched, pos, rank,
-                                   extra_state=task.extra_state())  # fmt: skip
+                reported = {"step": pos.step, "total_steps": total, "loss": last_loss,
+                            **task.report_metrics(pos.step, log)}  # fmt: skip
+                checkpoints.report(reported, model, opt, sched, pos, rank, extra_state=task.extra_state())
             if pos.step >= total:
                 break
         if pos.step < total or pos.micro >= plan.batches(pos.epoch):
@@ -136,7 +142,13 @@ def run(task: Task, config: dict, tc, rank: int, world: int, device: torch.devic
                 log.metrics(epoch_meter.flush(), pos.epoch, prefix="epoch_")
     rate = (samples_seen - steady[1]) / (time.perf_counter() - steady[0]) if steady else 0.0
     out = task.finish(pos.step, log)
-    checkpoints.report({"step": pos.step, "loss": last_loss}, model, opt, sched, pos, rank,
-                       extra_dir=task.write_model, extra_state=task.extra_state())  # fmt: skip
+    reported = {
+        "step": pos.step,
+        "total_steps": total,
+        "loss": last_loss,
+        **task.report_metrics(pos.step, log),
+    }
+    checkpoints.report(reported, model, opt, sched, pos, rank, extra_dir=task.write_model,
+                       extra_state=task.extra_state())  # fmt: skip
     return {"step": pos.step, "steps_repeated": pos.steps_repeated, "samples_per_s": rate, "loss": last_loss,
-            **out}  # fmt: skip
+            **reported, **out}  # fmt: skip

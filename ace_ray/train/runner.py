@@ -105,11 +105,11 @@ def check_model_dir(path: Path, key: str) -> None:
                           "`model` directory of a pretraining run") from None  # fmt: skip
 
 
-def trainer_for(
-    w: Workload, tc: TrainConfig, name: str, loop, loop_config: dict
-) -> ray.train.torch.TorchTrainer:
-    """A TorchTrainer from a train section: workers, resources, checkpoints, failures. The workers read
-    their data themselves (``ace_ray.data.plan``), so it gets no datasets."""
+def trainer_for(w: Workload, tc: TrainConfig, name: str, loop, loop_config: dict,
+                callbacks: list | None = None) -> ray.train.torch.TorchTrainer:  # fmt: skip
+    """A TorchTrainer from a train section: workers, resources, checkpoints, failures, ``callbacks`` (e.g.
+    Tune's report callback). The workers read their data themselves (``ace_ray.data.plan``), so it gets
+    no datasets."""
     storage = storage_path(w)
     return ray.train.torch.TorchTrainer(
         loop,
@@ -123,6 +123,7 @@ def trainer_for(
             name=name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            callbacks=callbacks or [],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=tc.keep_checkpoints,
                 checkpoint_score_attribute="loss",

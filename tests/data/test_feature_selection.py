@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
 from ace_ray.config import with_overrides
@@ -37,3 +38,17 @@ def test_two_stores_of_the_same_settings_are_ambiguous(featurised_shop, tmp_path
         fs.for_workload(w)
     shutil.rmtree(out / version)
     assert fs.for_workload(w).path == out / store.path.name
+
+
+def test_features_of_an_older_catalogue_are_not_taken(featurised_shop, tmp_path):
+    w, root, store = featurised_shop
+    copy = tmp_path / "shop"
+    copy.mkdir()
+    shutil.copy(root / "products.parquet", copy / "products.parquet")
+    same = with_overrides(w, [f"data.root={copy}", f"data.features.out={store.path.parent}"])
+    assert fs.for_workload(same).path == store.path  # the same bytes: the same catalogue
+    products = pd.read_parquet(copy / "products.parquet")
+    products.loc[0, "title"] = "re-imported title"
+    products.to_parquet(copy / "products.parquet")
+    with pytest.raises(fs.FeatureMismatch, match="made from another products.parquet"):
+        fs.for_workload(same)

@@ -88,7 +88,7 @@ def test_evaluate_command_reads_the_model_of_an_mlflow_run(setup, tmp_path):
 
 
 def test_a_model_trained_on_another_split_is_refused(setup, tmp_path, capsys):
-    """A model fine-tuned with 2 test days learnt from clicks that, with 1 test day, are test clicks."""
+    """A model fine-tuned with 1 test day learnt from clicks that, with 2 test days, are test clicks."""
     import json
     import shutil
 
@@ -99,9 +99,9 @@ def test_a_model_trained_on_another_split_is_refused(setup, tmp_path, capsys):
     other = tmp_path / "model"
     shutil.copytree(model_dir, other)
     info = json.loads((other / "ace_ray.json").read_text())
-    (other / "ace_ray.json").write_text(json.dumps(info | {"split": train_split(root, 2)}))
-    args = ["evaluate", "--model", str(other), f"workspace={tmp_path}", f"data.root={root}", "data.test_days=1",
+    (other / "ace_ray.json").write_text(json.dumps(info | {"split": train_split(root, 1)}))
+    args = ["evaluate", "--model", str(other), f"workspace={tmp_path}", f"data.root={root}", "data.test_days=2",
             "eval.baselines=[random]", *SHOP_FEATURES]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "trained on clicks before" in err and "use data.test_days=2" in err
+    assert "trained on clicks before" in err and "use data.test_days=1" in err

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over fine-tuning settings (``ace-ray tune``): spaces, the sweep driver, results."""
