@@ -212,7 +212,7 @@ def run_finetune(w: Workload, run_name: str | None = None, trial: dict | None = 
     # Workers run elsewhere: every path they read must be absolute.
     w = dataclasses.replace(w, workspace=str(w.path(".")))
     if trial:
-        name, callbacks = f"trial-{trial['id']}", [TuneReportCallback()]
+        name, callbacks = f"trial-{trial['id']}", [_tune_report_callback()]
         existing = tracking.find_run(w, "ray_run_name", name)  # a retried trial continues its run
     else:
         name, callbacks = runner.run_name(f"finetune-{ft.preset}", run_name), []
@@ -253,7 +253,8 @@ def run_finetune(w: Workload, run_name: str | None = None, trial: dict | None = 
         return runner.fit(trainer, run, name)
 
 
-def TuneReportCallback():  # noqa: N802  (a class in Ray; imported only inside a Tune trial)
-    from ray.tune.integration.ray_train import TuneReportCallback as Callback
+def _tune_report_callback():
+    """Ray Tune's callback that passes every Train report on to the trial (imported only inside a trial)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    return Callback()
+    return TuneReportCallback()
