@@ -58,7 +58,8 @@ def test_sigterm_stops_the_local_ray_a_command_started(tmp_path):
         driver, deadline = psutil.Process(proc.pid), time.monotonic() + 120
         # Wait until Ray tasks are drawing products (the driver waits on them inside Ray's native code).
         while time.monotonic() < deadline and proc.poll() is None:
-            if next((tmp_path / "shop").glob("images/*/*.jpg"), None):
+            # (the shop is drawn into a hidden staging folder inside --out until it is published)
+            if next((tmp_path / "shop").rglob("*.jpg"), None):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]

@@ -156,6 +156,9 @@ def _start(space_path: str | Path, w: Workload) -> tuple[Space, Workload, Path]:
         raise ConfigError(f"{space_path}: a sweep selects on validation days: set data.val_days (in fixed, or "
                           "key=value) to 1 or more; the test days stay for the final evaluation")  # fmt: skip
     base = dataclasses.replace(base, workspace=str(base.path(".")))
+    # Trials run in Ray workers, whose environment is the cluster's, not this command's: they get the
+    # tracking URI itself (saved with the sweep, so a resumed sweep records into the same store).
+    base.tracking.uri = tracking.tracking_uri(base)
     path = base.path(base.ray.storage_path) / "tune" / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path.mkdir(parents=True)
     (path / "space.yaml").write_text(yaml.safe_dump(to_dict(space), sort_keys=False))

@@ -3,6 +3,7 @@ trial, continued with `ace-ray tune --resume`. Finished trials are kept, ASHA st
 MLflow holds a parent run and a child per trial, no trial reads a test day, the best config is a workload
 that fine-tuning accepts, and the test days are read once, by the best config, at the end."""
 
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,22 @@ def _args(shop: Path, workspace: Path) -> list[str]:
             "eval.baselines=[random]", "eval.map_points=100", *SHOP_FEATURES]  # fmt: skip
 
 
+def _terminated(root: Path) -> set[str]:
+    """Trial ids that Tune's saved experiment state records as finished (what a resume keeps)."""
+    done = set()
+    for state in root.glob("runs/tune/*/experiment_state-*.json"):
+        try:
+            entries = json.loads(state.read_text())["trial_data"]
+        except (ValueError, KeyError, OSError):
+            continue  # being written
+        for entry in entries:
+            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+            trial = json.loads(trial) if isinstance(trial, str) else trial
+            if trial.get("status") == "TERMINATED":
+                done.add(trial["trial_id"])
+    return done
+
+
 def _children(parent: str) -> list:
     return mlflow.search_runs(search_all_experiments=True, output_format="list",
                               filter_string=f"tags.mlflow.parentRunId = '{parent}'")  # fmt: skip
@@ -69,9 +86,10 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
         deadline = time.time() + 900
         while time.time() < deadline and not finished:
             assert proc.poll() is None, "the sweep ended before it was killed:\n" + log.read_text()[-3000:]
+            done = _terminated(tmp_path)
             runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                       filter_string="tags.stage = 'finetune'")  # fmt: skip
-            finished = [r for r in runs if r.info.status == "FINISHED"]
+            finished = [r for r in runs if r.data.tags.get("tune_trial_id") in done]
             time.sleep(1)
         assert finished, "no trial finished within 900 s:\n" + log.read_text()[-3000:]
     finally:
