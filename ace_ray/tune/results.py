@@ -52,8 +52,10 @@ def _close_child_runs(base: Workload, table: pd.DataFrame, parent_run_id: str) -
         client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
         client.set_tag(run_id, "stopped_early", str(row.stopped_early).lower())
         client.set_tag(run_id, "stopped_at_step", str(row.steps))
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, "KILLED" if row.stopped_early else "FAILED")
+        if row.stopped_early:  # ended by the scheduler, however its process went down
+            client.set_terminated(run_id, "KILLED")
+        elif client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FAILED")
 
 
 def best_workload(base: Workload, config: dict) -> Workload:

@@ -62,9 +62,10 @@ def variant_index(src: Path, out: Path, kind: str | None = None, **manifest) -> 
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service(ray_session, served_model, built_index):
-    """The search application on a free loopback port: (settings, base URL). Shut down at the end."""
+    """The search application on a free loopback port: (settings, base URL). Shut down after the last serve
+    test: its replicas hold CPUs of the shared Ray that later tests (training, sweeps) need."""
     from ray import serve
 
     from ace_ray.serve.app import start

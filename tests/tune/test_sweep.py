@@ -41,7 +41,7 @@ def _args(shop: Path, workspace: Path) -> list[str]:
     return [f"workspace={workspace}", f"data.root={shop}", "data.test_days=1", "model.init=random",
             "model.size=tiny", "model.layers=2", "data.batches.batch_size=32", "data.batches.partitions=4",
             "finetune.preset=twinbert", "finetune.train.workers=1", "finetune.train.warmup_steps=1",
-            "eval.baselines=[random]", "eval.map_points=100", *SHOP_FEATURES]  # fmt: skip
+            "eval.baselines=[random]", "eval.map_points=100", "eval.embed_actors=1", *SHOP_FEATURES]  # fmt: skip
 
 
 def _terminated(root: Path) -> set[str]:
