@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
 
@@ -94,6 +95,34 @@ class IndexManifest:
             )
 
 
+def ann_parts(index) -> tuple[object | None, object | None]:
+    """(the HNSW or IVF index that does the approximate search, the re-ranking wrapper or None): an
+    IVF-PQ index with re-ranking is an ``IndexRefine`` around its IVF-PQ base."""
+    refine = index if isinstance(index, faiss.IndexRefine) else None
+    base = faiss.downcast_index(index.base_index) if refine is not None else index
+    return (base if hasattr(base, "hnsw") or hasattr(base, "nprobe") else None), refine
+
+
+def set_search_params(index, ef_search: int = 0, nprobe: int = 0, k_factor: int = 0) -> dict:
+    """Set an index's search-time parameters where it has them (0 leaves one as it is); returns those in
+    force: HNSW ``ef_search``, IVF ``nprobe`` (at most its lists), re-ranking ``k_factor``."""
+    base, refine = ann_parts(index)
+    out = {}
+    if base is not None and hasattr(base, "hnsw"):
+        if ef_search:
+            base.hnsw.efSearch = int(ef_search)
+        out["ef_search"] = int(base.hnsw.efSearch)
+    if base is not None and hasattr(base, "nprobe"):
+        if nprobe:
+            base.nprobe = int(min(nprobe, base.nlist))
+        out["nprobe"] = int(base.nprobe)
+    if refine is not None:
+        if k_factor:
+            refine.k_factor = float(k_factor)
+        out["k_factor"] = int(refine.k_factor)
+    return out
+
+
 def find(path: str | Path) -> Path:
     """``path`` if it is a finished index directory, else the newest finished one inside it (versions
     start with their build time), so configs can name the folder ``ace-ray index`` writes into."""
@@ -118,8 +147,13 @@ class LoadedIndex:
     hot: dict[str, np.ndarray]
     category_rows: dict[str, np.ndarray]
 
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
     def embedding(self, row: int) -> np.ndarray:
-        """A product's stored embedding (exact for flat and HNSW, the decoded code for IVF-PQ)."""
+        """A product's stored embedding (exact for flat, HNSW and IVF-PQ re-ranked with float32 vectors; the
+        decoded code for IVF-PQ otherwise)."""
         return self.index.reconstruct(int(row)).reshape(1, -1).astype(np.float32)
 
 
@@ -129,7 +163,7 @@ def load(folder: str | Path) -> LoadedIndex:
     manifest = IndexManifest.read(folder)
     index = faiss_index.load_index(folder / INDEX_FILE)
     if hasattr(index, "make_direct_map"):  # IVF indexes reconstruct rows (for /similar) through a map
-        index.make_direct_map()
+        index.make_direct_map()  # (with re-ranking, rows come from the stored vectors instead)
     products = pd.read_parquet(folder / PRODUCTS_FILE)
     if len(products) != index.ntotal:
         raise ValueError(f"{folder}: {len(products)} product rows but {index.ntotal} vectors in the index")

@@ -19,33 +19,83 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from ace_ray.data import feature_store as fs
 from ace_ray.data.clicks import check_split, clean_clicks
 from ace_ray.data.hot_queries import read_hot_queries
 from ace_ray.data.validate import load_clean
 from ace_ray.eval import index as faiss_index
-from ace_ray.eval.embed import ProductEmbedder
+from ace_ray.eval.embed import ProductEmbedder, product_inputs
 from ace_ray.model.encoder import read_info
 from ace_ray.model.towers import encode_query_texts, load_towers
-from ace_ray.runtime import cluster_cpus
 from ace_ray.serve.index_dir import HOT_FILE, INDEX_FILE, PRODUCTS_FILE, IndexManifest, model_hash, query_key
-from ace_ray.serve.settings import IndexSettings
+from ace_ray.serve.settings import IndexSettings, SettingsError
 
 _PRODUCT_SCHEMA = pa.schema([("product_id", pa.string()), ("title", pa.string()), ("category", pa.string())])
 
 
+@dataclasses.dataclass(frozen=True)
+class EmbedPlan:
+    """Where the index job's embedding actors run: ``actors`` of them, each taking ``num_gpus`` GPUs and
+    ``num_cpus`` CPUs, with the product tower on ``device``."""
+
+    device: str
+    actors: int
+    num_gpus: int
+    num_cpus: float
+
+
+def embed_plan(cluster: dict, cfg: IndexSettings) -> EmbedPlan:
+    """The embedding actors for a cluster with ``cluster`` resources (``ray.cluster_resources()``): one
+    GPU each, as many as GPUs (or ``cfg.actors``, at most that many), where the cluster has GPUs and
+    ``cfg.device`` allows; else CPU actors, one per 2 CPUs (or ``cfg.actors``)."""
+    gpus = int(cluster.get("GPU", 0))  # fractional totals (shared GPUs) cannot give one whole GPU each
+    if cfg.device == "cuda" and gpus < 1:
+        raise SettingsError("device: cuda asked for, but the Ray cluster has no GPU")
+    if gpus >= 1 and cfg.device != "cpu":
+        return EmbedPlan("cuda", min(cfg.actors or gpus, gpus), 1, 1)
+    cpus = max(1, int(cluster.get("CPU", 1)))
+    return EmbedPlan("cpu", cfg.actors or max(1, cpus // 2), 0, 1)
+
+
+class IndexEmbedder(ProductEmbedder):
+    """``ProductEmbedder`` with the product tower on ``device`` (a GPU actor's ``cuda``, or the CPU)."""
+
+    def __init__(self, model_dir: str, lookup: pd.DataFrame, device: str = "cpu", threads: int = 1):
+        super().__init__(model_dir, lookup, threads)
+        self.device = torch.device(device)
+        self.towers.to(self.device)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        if self.device.type == "cpu":
+            return super().__call__(batch)
+        rows = batch.join(self.lookup, on="product_id", how="inner")
+        inputs = product_inputs(rows, self.manifest, self.text_cfg)
+        with torch.inference_mode():
+            emb = self.towers.encode_products({k: v.to(self.device) for k, v in inputs.items()})
+        emb = emb.float().cpu().numpy()
+        return pd.DataFrame({"product_id": rows["product_id"].to_numpy(), "emb": list(emb)})
+
+
 def ivfpq_index(train: np.ndarray, n: int, cfg: IndexSettings) -> faiss.Index:
     """An empty IVF-PQ inner-product index trained on ``train`` (for catalogues of ``n`` vectors): about
-    4 sqrt(n) lists (at most one per 39 training vectors), ``pq_m`` bytes per vector."""
+    4 sqrt(n) lists (at most one per 39 training vectors), ``pq_m`` bytes per vector. With ``cfg.refine``
+    the IVF-PQ candidates (``k_factor`` per result) are re-ranked with stored vectors: float32 (``flat``,
+    exact scores) or 8-bit scalar codes (``sq8``); an ``IndexRefine`` around the IVF-PQ index."""
     d = train.shape[1]
     if d % cfg.pq_m:
         raise ValueError(f"pq_m={cfg.pq_m} must divide the embedding size {d}")
     lists = cfg.nlist or max(1, min(round(4 * np.sqrt(n)), len(train) // 39))
     bits = 8 if len(train) >= 39 * 256 else 4  # 256 centroids per sub-quantiser need ~10k training vectors
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, lists, cfg.pq_m, bits, faiss.METRIC_INNER_PRODUCT)
-    index.train(np.ascontiguousarray(train, np.float32))
     index.nprobe = min(cfg.nprobe, lists)
+    if cfg.refine != "none":
+        stored = (faiss.IndexFlatIP(d) if cfg.refine == "flat" else
+                  faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT))  # fmt: skip
+        index = faiss.IndexRefine(index, stored)  # the Python wrapper keeps both alive
+        index.k_factor = float(cfg.k_factor)
+    index.train(np.ascontiguousarray(train, np.float32))
     return index
 
 
@@ -125,11 +175,12 @@ def build_index_dir(model_dir: str | Path, root: str | Path, store: fs.FeatureSt
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        actors = cfg.actors or max(1, cluster_cpus() // 2)
+        plan = embed_plan(ray.cluster_resources(), cfg)
         ds = store.dataset(["patch_features", "pixels"]).map_batches(
-            ProductEmbedder, fn_constructor_kwargs={"model_dir": str(model_dir), "lookup": lookup},
-            batch_size=cfg.batch_size, batch_format="pandas", num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))  # fmt: skip
+            IndexEmbedder, fn_constructor_kwargs={"model_dir": str(model_dir), "lookup": lookup,
+                                                  "device": plan.device},
+            batch_size=cfg.batch_size, batch_format="pandas", num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors))  # fmt: skip
         index = StreamingIndex(kind, len(products), cfg)
         n = 0
         with pq.ParquetWriter(staging / PRODUCTS_FILE, _PRODUCT_SCHEMA) as writer:
@@ -150,7 +201,8 @@ def build_index_dir(model_dir: str | Path, root: str | Path, store: fs.FeatureSt
             version=version, model_hash=digest, model_run_id=model_run_id, model_preset=info.get("preset") or "",
             feature_store=store.manifest.version, kind=kind, dim=int(built.d), products=n, hot_queries=len(hot),
             skipped_products=len(products) - n, categories=sorted(meta["category"].astype(str).unique()),
-            params={**dataclasses.asdict(cfg), "seconds": round(time.perf_counter() - t0, 2)},
+            params={**dataclasses.asdict(cfg), "embed_device": plan.device, "embed_actors": plan.actors,
+                    "seconds": round(time.perf_counter() - t0, 2)},
         )  # fmt: skip
         manifest.write(staging)  # last: a directory without it is unfinished
         final = out_root / version

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from ace_ray.config import ConfigError
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivfpq")
+REFINES = ("none", "flat", "sq8")
+DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "onnx", "torch")
 
 
@@ -46,22 +48,31 @@ class IndexSettings:
     flat_max: int = 100_000
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 128
+    ef_search: int = 128  # HNSW beam at search time (stored in the index; the service may override it)
     nlist: int = 0  # IVF lists; 0 = about 4 * sqrt(n)
-    nprobe: int = 32
+    nprobe: int = 32  # IVF lists searched (stored in the index; the service may override it)
     pq_m: int = 16  # IVF-PQ sub-quantisers (bytes per vector); must divide the embedding size
+    # IVF-PQ candidates re-ranked with stored vectors: none, flat (float32, 4 x dim bytes per vector more)
+    # or sq8 (8-bit scalar codes, dim bytes more); k_factor x k candidates are re-ranked.
+    refine: str = "none"
+    k_factor: int = 4
     train_size: int = 65_536  # vectors IVF-PQ is trained on (the first ones the job embeds)
     hot_cache: int = 10_000  # most clicked train-day queries whose embeddings are cached
     batch_size: int = 128  # products per embedding batch
-    actors: int = 0  # Ray Data actors holding the product tower; 0 = one per 2 cluster CPUs
+    actors: int = 0  # Ray Data actors holding the product tower; 0 = one per 2 cluster CPUs (or per GPU)
+    device: str = "auto"  # embedding actors: auto = one GPU each where the cluster has GPUs, else CPU
 
     def __post_init__(self):
         if self.kind not in INDEX_KINDS:
             raise SettingsError(f"kind: {self.kind!r} is not one of {', '.join(INDEX_KINDS)}")
+        if self.refine not in REFINES:
+            raise SettingsError(f"refine: {self.refine!r} is not one of {', '.join(REFINES)}")
+        if self.device not in DEVICES:
+            raise SettingsError(f"device: {self.device!r} is not one of {', '.join(DEVICES)}")
         _check(self, {"flat_max": (0, None), "hnsw_m": (2, 256), "ef_construction": (1, None),
                       "ef_search": (1, None), "nlist": (0, None), "nprobe": (1, None), "pq_m": (1, 256),
-                      "train_size": (256, None), "hot_cache": (0, None), "batch_size": (1, None),
-                      "actors": (0, None)})  # fmt: skip
+                      "k_factor": (1, 1024), "train_size": (256, None), "hot_cache": (0, None),
+                      "batch_size": (1, None), "actors": (0, None)})  # fmt: skip
 
     def resolve_kind(self, n: int) -> str:
         """The index kind for a catalogue of ``n`` products."""
@@ -110,6 +121,11 @@ class ServiceSettings:
     api_cpus: float = 0.25
     index_replicas: int = 1
     api_replicas: int = 1
+    # Search-time ANN parameters; 0 = what the index was built with (its manifest's settings).
+    ef_search: int = 0  # HNSW beam
+    nprobe: int = 0  # IVF lists searched
+    k_factor: int = 0  # IVF-PQ with re-ranking: candidates re-ranked per result
+    warmup_queries: int = 8  # searches each ProductIndex / QueryEncoder replica runs before serving
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.002
     max_ongoing_requests: int = 32
@@ -133,7 +149,8 @@ class ServiceSettings:
                       "index_cpus": (0.01, None), "api_cpus": (0.01, None), "index_replicas": (1, None),
                       "api_replicas": (1, None), "max_batch_size": (1, 1024), "batch_wait_timeout_s": (0, 10),
                       "max_ongoing_requests": (1, None), "max_k": (1, 100_000), "max_query_chars": (1, None),
-                      "max_body_bytes": (256, None), "retry_s": (0, 600)})  # fmt: skip
+                      "max_body_bytes": (256, None), "retry_s": (0, 600), "ef_search": (0, None),
+                      "nprobe": (0, None), "k_factor": (0, 1024), "warmup_queries": (0, 1000)})  # fmt: skip
         if self.max_ongoing_requests < self.max_batch_size:
             # @serve.batch only fills a batch if a replica may hold that many requests at once.
             raise SettingsError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
