@@ -59,7 +59,8 @@ def build(args: dict | ServiceSettings) -> Application:
                 f"query_model: {s.query_model} embeds into {dim} dimensions, the index {manifest.dim}"
             )
     sc = s.scaling
-    enc_args = (str(query_dir), s.backend, s.torch_threads, s.max_batch_size, s.batch_wait_timeout_s)
+    enc_args = (str(query_dir), s.backend, s.torch_threads, s.max_batch_size, s.batch_wait_timeout_s,
+                s.warmup_queries)  # fmt: skip
     encoder = QueryEncoder.options(
         ray_actor_options={"num_cpus": s.encoder_cpus}, max_ongoing_requests=s.max_ongoing_requests,
         autoscaling_config={"min_replicas": sc.min_replicas, "initial_replicas": sc.min_replicas,
@@ -70,7 +71,9 @@ def build(args: dict | ServiceSettings) -> Application:
     encoder = _versioned(encoder, model_hash(query_dir), *enc_args[1:]).bind(*enc_args)
     products = ProductIndex.options(
         num_replicas=s.index_replicas, ray_actor_options={"num_cpus": s.index_cpus},
-        max_ongoing_requests=s.max_ongoing_requests, user_config={"index_dir": str(index)},
+        max_ongoing_requests=s.max_ongoing_requests,
+        user_config={"index_dir": str(index), "ef_search": s.ef_search, "nprobe": s.nprobe, "k_factor": s.k_factor,
+                     "warmup": s.warmup_queries},
     )  # fmt: skip
     products = _versioned(products, digest, s.index_threads).bind(digest, s.index_threads)
     limits = {k: getattr(s, k) for k in ("max_k", "max_query_chars", "max_body_bytes", "retry_s")}

@@ -4,15 +4,20 @@
   batched with ``@serve.batch``, autoscaled on ongoing requests.
 - ``ProductIndex``: the FAISS index, product table and hot-query cache of one index directory; a new one
   is swapped in with ``user_config`` (``reconfigure``), and one built for another model is refused.
-- ``SearchAPI``: the FastAPI ingress (``/search``, ``/similar``, ``/healthz``).
+- ``SearchAPI``: the FastAPI ingress (``/search``, ``/similar``, ``/healthz``), holding a copy of the
+  served index version's hot-query cache: a hot query costs one handle call (the index search), any other
+  two (the encoder, then the index). Cache and index carry their version; a search from a cache of another
+  version than the index serves is refused by the index and retried with the new version's cache.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real Request type through Serve's
 # class-based ingress, or it reads `request` as a query parameter.
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -35,13 +40,17 @@ class QueryEncoder:
     """Query texts -> unit embeddings, in batches."""
 
     def __init__(self, model_dir: str, backend: str = "auto", threads: int = 1, max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.002):  # fmt: skip
+                 batch_wait_timeout_s: float = 0.002, warmup: int = 8):  # fmt: skip
         self.encoder = load_query_encoder(model_dir, backend, threads)
         self.model_dir = model_dir
         self.model_hash = index_dir.model_hash(model_dir)
         if hasattr(self.encode, "set_max_batch_size"):  # the plain class (unit tests) has no replica batcher
             self.encode.set_max_batch_size(max_batch_size)
             self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # Warm-up: the first runs of a fresh session (ONNX Runtime's allocations, PyTorch's kernels) are
+        # slow; they happen here, before the replica is ready, not in the first users' requests.
+        for i in range(warmup):
+            self.encoder.encode([f"warm-up query {i}"] * (1 if i % 2 else max_batch_size))
 
     def encode_batch(self, queries: list[str]) -> list[np.ndarray]:
         """One embedding per query (what each batched caller gets back)."""
@@ -56,23 +65,38 @@ class QueryEncoder:
                 "model_dir": self.model_dir, "pid": os.getpid()}  # fmt: skip
 
 
+SEARCH_PARAMS = ("ef_search", "nprobe", "k_factor")
+
+
 @serve.deployment(name="ProductIndex")
 class ProductIndex:
-    """One index directory in memory; searches by embedding, by cached hot query and by product."""
+    """One index directory in memory; searches by embedding and by product, and hands out its hot-query
+    cache (to the ingress, which answers hot queries without the encoder). Every answer names the index
+    version it came from; a search from a cached embedding names the version of the cache it used and is
+    refused (``stale``) if that is not the version served, so a cache and an index never mix."""
 
     def __init__(self, model_hash: str, threads: int = 1):
         faiss.omp_set_num_threads(threads)  # fractional-CPU actors would otherwise guess
         self.model_hash = model_hash
         self.current: index_dir.LoadedIndex | None = None
         self.rejected: dict | None = None
+        self.params: dict = {}
 
     def reconfigure(self, config: dict) -> None:
-        """Load ``config["index_dir"]`` and swap it in. An index for another model is refused: the first
-        one fails the deployment; a later one is logged and reported by /healthz while the current index
-        keeps serving (a failed swap must not take the service down, nor mix versions)."""
+        """Load ``config["index_dir"]`` and swap it in, with search-time parameters (``ef_search``,
+        ``nprobe``, ``k_factor``; 0 = the index's own) and ``warmup`` searches run before it serves. An
+        index for another model is refused: the first one fails the deployment; a later one is logged and
+        reported by /healthz while the current index keeps serving (a failed swap must not take the
+        service down, nor mix versions). Only new parameters for the index served: set in place."""
         path = config["index_dir"]
+        params = {k: int(config.get(k) or 0) for k in SEARCH_PARAMS}
+        cur = self.current
         try:
-            loaded = index_dir.load(path)
+            folder = index_dir.find(path)
+            if cur is not None and Path(cur.path).resolve() == folder:
+                self.params = index_dir.set_search_params(cur.index, **params)
+                return
+            loaded = index_dir.load(folder)
             loaded.manifest.check_model(self.model_hash)
         except Exception as exc:
             if self.current is None:
@@ -80,89 +104,119 @@ class ProductIndex:
             self.rejected = {"index_dir": str(path), "error": str(exc)}
             log.error("ProductIndex: refused index %s: %s", path, exc)
             return
-        if hasattr(loaded.index, "hnsw") and config.get("ef_search"):
-            loaded.index.hnsw.efSearch = int(config["ef_search"])
-        if hasattr(loaded.index, "nprobe") and config.get("nprobe"):
-            loaded.index.nprobe = int(config["nprobe"])
-        self.current, self.rejected = loaded, None
-        log.info("ProductIndex: serving index %s (%d products)", loaded.manifest.version, loaded.index.ntotal)
+        in_force = index_dir.set_search_params(loaded.index, **params)
+        self._warm_up(loaded, int(config.get("warmup", 0)))
+        self.current, self.rejected, self.params = loaded, None, in_force
+        log.info(
+            "ProductIndex: serving index %s (%d products, %s)", loaded.version, loaded.index.ntotal, in_force
+        )
 
-    def _results(self, scores: np.ndarray, rows: np.ndarray) -> list[dict]:
-        p = self.current.products
+    def _warm_up(self, loaded: index_dir.LoadedIndex, n: int) -> None:
+        """``n`` searches on a freshly loaded index before it serves (first-touch costs out of requests)."""
+        rows = np.linspace(0, loaded.index.ntotal - 1, num=min(n, loaded.index.ntotal)).astype(int)
+        for row in rows:
+            self._search(loaded, loaded.embedding(row), 10, None)
+
+    @staticmethod
+    def _results(cur: index_dir.LoadedIndex, scores: np.ndarray, rows: np.ndarray) -> list[dict]:
+        p = cur.products
         return [{"product_id": p.at[int(r), "product_id"], "score": float(s), "title": p.at[int(r), "title"],
                  "category": p.at[int(r), "category"]} for s, r in zip(scores, rows, strict=True) if r >= 0]  # fmt: skip
 
-    def _search(self, emb: np.ndarray, k: int, category: str | None, exclude: int = -1) -> list[dict]:
-        cur = self.current
+    def _search(self, cur: index_dir.LoadedIndex, emb: np.ndarray, k: int, category: str | None,
+                exclude: int = -1) -> list[dict]:  # fmt: skip
         q = np.asarray(emb, np.float32).reshape(1, -1)
         extra = 1 if exclude >= 0 else 0
         if category is None:
             scores, rows = faiss_index.search(cur.index, q, k + extra)
         else:
-            scores, rows = self._search_within(q, k + extra, cur.category_rows[category])
+            scores, rows = self._search_within(cur.index, q, k + extra, cur.category_rows[category])
         keep = rows[0] != exclude
-        return self._results(scores[0][keep][:k], rows[0][keep][:k])
+        return self._results(cur, scores[0][keep][:k], rows[0][keep][:k])
 
-    def _search_within(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _search_within(index, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` among ``rows`` only. A graph or list search filtered to a small category sees few of
         its members per step, so the beam (HNSW) or lists probed (IVF) grow with how rare the category is."""
-        index = self.current.index
         sel = faiss.IDSelectorBatch(rows.astype(np.int64))
         rarity = index.ntotal / max(1, len(rows))
-        if hasattr(index, "hnsw"):
+        base, refine = index_dir.ann_parts(index)
+        if base is not None and hasattr(base, "hnsw"):
             params = faiss.SearchParametersHNSW(
-                sel=sel, efSearch=int(min(4096, max(index.hnsw.efSearch, k * rarity)))
+                sel=sel, efSearch=int(min(4096, max(base.hnsw.efSearch, k * rarity)))
             )
-        elif hasattr(index, "nprobe"):
+        elif base is not None:
             params = faiss.SearchParametersIVF(
-                sel=sel, nprobe=int(min(index.nlist, index.nprobe * max(1, rarity)))
+                sel=sel, nprobe=int(min(base.nlist, base.nprobe * max(1, rarity)))
             )
         else:
             params = faiss.SearchParameters(sel=sel)
+        if refine is not None:  # the selector filters the IVF-PQ candidates the stored vectors re-rank
+            params = faiss.IndexRefineSearchParameters(k_factor=refine.k_factor, base_index_params=params)
         n = min(k, len(rows))
         scores, ids = index.search(q, n, params=params)
         scores[ids < 0] = -np.inf
         return scores, ids
 
-    def check(self, category: str | None = None) -> dict | None:
+    @staticmethod
+    def _check(cur: index_dir.LoadedIndex, category: str | None = None) -> dict | None:
         """An error (field, message) for a category this index does not know, else None."""
-        if category is not None and category not in self.current.category_rows:
-            known = sorted(self.current.category_rows)
+        if category is not None and category not in cur.category_rows:
+            known = sorted(cur.category_rows)
             return {
                 "field": "category",
                 "message": f"unknown category {category!r}; known: {', '.join(known[:50])}",
             }
         return None
 
-    def cached(self, query: str) -> np.ndarray | None:
-        """The hot-query cache's embedding of ``query``, if it is a hot query."""
-        return self.current.hot.get(query_key(query))
+    def hot_cache(self) -> dict:
+        """The hot-query cache of the index served: its version, the query keys and their embeddings."""
+        cur = self.current
+        keys = list(cur.hot)
+        emb = np.stack([cur.hot[q] for q in keys]) if keys else np.zeros((0, cur.index.d), np.float32)
+        return {"version": cur.version, "keys": keys, "emb": emb}
 
-    def search(self, emb: np.ndarray, k: int, category: str | None = None) -> dict:
-        """The ``k`` products nearest to the query embedding ``emb`` (within ``category``)."""
-        return self.check(category) or {"results": self._search(emb, k, category)}
-
-    def search_cached(self, query: str, k: int, category: str | None = None) -> dict | None:
-        """The search for a hot query from its cached embedding; None when ``query`` is not cached."""
-        err = self.check(category)
-        if err:
-            return err
-        emb = self.cached(query)
-        return None if emb is None else {"results": self._search(emb, k, category)}
+    def search(
+        self, emb: np.ndarray, k: int, category: str | None = None, cache_version: str | None = None
+    ) -> dict:
+        """The ``k`` products nearest to the query embedding ``emb`` (within ``category``). With
+        ``cache_version`` (``emb`` came from that version's hot-query cache) and another version served,
+        nothing is searched: ``{"stale": <version served>}``."""
+        cur = self.current
+        if cache_version is not None and cache_version != cur.version:
+            return {"stale": cur.version}
+        err = self._check(cur, category)
+        return err or {"results": self._search(cur, emb, k, category), "index_version": cur.version}
 
     def similar(self, product_id: str, k: int) -> dict:
         """The ``k`` products nearest to ``product_id``'s own embedding (itself left out)."""
-        row = self.current.row_of.get(product_id)
+        cur = self.current
+        row = cur.row_of.get(product_id)
         if row is None:
             return {"field": "product_id", "message": f"unknown product {product_id!r}", "status": 404}
-        return {"results": self._search(self.current.embedding(row), k, None, exclude=row)}
+        return {
+            "results": self._search(cur, cur.embedding(row), k, None, exclude=row),
+            "index_version": cur.version,
+        }
 
     def describe(self) -> dict:
-        m = self.current.manifest
-        return {"version": m.version, "kind": m.kind, "products": int(self.current.index.ntotal),
-                "hot_queries": len(self.current.hot), "model_hash": m.model_hash, "model_run_id": m.model_run_id,
-                "feature_store": m.feature_store, "path": str(self.current.path), "rejected": self.rejected,
-                "pid": os.getpid()}  # fmt: skip
+        cur = self.current
+        m = cur.manifest
+        return {"version": m.version, "kind": m.kind, "products": int(cur.index.ntotal),
+                "hot_queries": len(cur.hot), "model_hash": m.model_hash, "model_run_id": m.model_run_id,
+                "feature_store": m.feature_store, "path": str(cur.path), "search_params": self.params,
+                "rejected": self.rejected, "pid": os.getpid()}  # fmt: skip
+
+
+class HotCache:
+    """The ingress's copy of one index version's hot-query cache: query key -> embedding."""
+
+    def __init__(self, version: str | None = None, keys: list[str] = (), emb: np.ndarray | None = None):
+        self.version = version
+        self.emb = {} if emb is None else dict(zip(keys, emb, strict=True))
+
+    def get(self, query: str) -> np.ndarray | None:
+        return self.emb.get(query_key(query))
 
 
 app = FastAPI(
@@ -175,13 +229,29 @@ _RETRY = (RayActorError, ActorUnavailableError, DeploymentUnavailableError, Repl
 @serve.deployment(name="SearchAPI")
 @serve.ingress(app)
 class SearchAPI:
-    """HTTP ingress: validates requests, asks the cache, the encoder and the index, shapes the answer."""
+    """HTTP ingress: validates requests and holds the hot-query cache of the index version served, so a
+    hot query is one handle call (the index search) and any other two (the encoder, then the index)."""
+
+    STALE_RETRIES = 3  # cache refreshes for one request while a swap rolls out, before the encoder path
 
     def __init__(self, encoder, index, limits: dict, model: dict):
         from ace_ray.serve.metrics import CacheMetrics
 
         self.encoder, self.index, self.limits, self.model = encoder, index, limits, model
         self.metrics = CacheMetrics()
+        self.cache = HotCache()
+        self._refreshing = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        # Fetch the cache now, in the background, so the first hot query needs no extra hop (the plain
+        # class in unit tests has no event loop here and fetches it on first use).
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self._background(self._hot())
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _call(self, method, *args):
         """``method.remote(*args)``, sent again while the replica behind it is dying or restarting."""
@@ -197,6 +267,20 @@ class SearchAPI:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 1.0)
 
+    async def _hot(self, unless: str | None = None) -> HotCache:
+        """The hot-query cache, fetched from the index when there is none yet or the one held is of
+        version ``unless`` (the index answered that it serves another)."""
+        if self.cache.version is not None and self.cache.version != unless:
+            return self.cache
+        async with self._refreshing:  # one fetch for all the requests that found it missing or stale
+            if self.cache.version is None or self.cache.version == unless:
+                hot = await self._call(self.index.hot_cache)
+                self.cache = HotCache(hot["version"], hot["keys"], hot["emb"])
+                log.info(
+                    "SearchAPI: hot-query cache of index %s (%d queries)", hot["version"], len(hot["keys"])
+                )
+        return self.cache
+
     async def _handle(self, request: Request, work) -> JSONResponse:
         try:
             return JSONResponse(await work(await api.read_body(request, self.limits["max_body_bytes"])))
@@ -208,17 +292,30 @@ class SearchAPI:
         if "field" in res:
             raise api.BadRequest(res.get("status", 422), res["field"], res["message"])
 
+    async def _search(self, query: str, k: int, category: str | None) -> tuple[dict, bool]:
+        """(the index's answer, whether the cache embedded the query)."""
+        cache = await self._hot()
+        for _ in range(self.STALE_RETRIES):
+            emb = cache.get(query)
+            if emb is None:
+                break
+            res = await self._call(self.index.search, emb, k, category, cache.version)
+            if "stale" not in res:
+                return res, True
+            cache = await self._hot(unless=cache.version)
+        emb = await self._call(self.encoder.encode, query)
+        res = await self._call(self.index.search, emb, k, category)
+        if res.get("index_version", cache.version) != cache.version and not self._refreshing.locked():
+            self._background(self._hot(unless=cache.version))  # the index swapped: follow it
+        return res, False
+
     @app.post("/search")
     async def search(self, request: Request) -> JSONResponse:
         async def work(body: bytes) -> dict:
             req = api.parse(body, api.SearchRequest)
             query = api.check_query(req.query, self.limits["max_query_chars"])
             api.check_k(req.k, self.limits["max_k"])
-            res = await self._call(self.index.search_cached, query, req.k, req.category)
-            cached = res is not None
-            if res is None:
-                emb = await self._call(self.encoder.encode, query)
-                res = await self._call(self.index.search, emb, req.k, req.category)
+            res, cached = await self._search(query, req.k, req.category)
             self._refused(res)
             self.metrics.record(cached)
             return {"query": query, "k": req.k, "category": req.category, "cached": cached, **res}
@@ -240,5 +337,7 @@ class SearchAPI:
     async def healthz(self) -> dict:
         index = await self._call(self.index.describe)
         encoder = await self._call(self.encoder.info)
-        return {"status": "ok", "model": {**self.model, "query_backend": encoder["backend"]},
-                "index": index, "catalogue_size": index["products"], "cache": self.metrics.summary()}  # fmt: skip
+        cache = await self._hot(unless=None if index["version"] == self.cache.version else self.cache.version)
+        return {"status": "ok", "model": {**self.model, "query_backend": encoder["backend"]}, "index": index,
+                "catalogue_size": index["products"],
+                "cache": {"index_version": cache.version, "hot_queries": len(cache.emb), **self.metrics.summary()}}  # fmt: skip

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ace_ray.serve import index_dir
-from ace_ray.serve.deployments import ProductIndex, QueryEncoder
+from ace_ray.serve.deployments import HotCache, ProductIndex, QueryEncoder
 from tests.serve.conftest import variant_index
 
 pytestmark = pytest.mark.ray
@@ -52,9 +52,14 @@ def test_index_category_filter_cache_and_refusals(product_index):
     assert len(res) == int((cur.products["category"] == cat).sum())
     assert {r["category"] for r in res} == {cat}
     assert product_index.search(cur.embedding(3), 5, "no such category")["field"] == "category"
-    hot = next(iter(cur.hot))
-    assert product_index.search_cached(f"  {hot.replace(' ', '   ')}\t", 3) is not None
-    assert product_index.search_cached("a query nobody ever typed 123", 3) is None
+    cache = product_index.hot_cache()
+    assert cache["version"] == cur.version and len(cache["keys"]) == len(cur.hot) == len(cache["emb"])
+    hot = HotCache(cache["version"], cache["keys"], cache["emb"])
+    assert hot.get(f"  {cache['keys'][0].replace(' ', '   ')}\t") is not None
+    assert hot.get("a query nobody ever typed 123") is None
+    emb = hot.get(cache["keys"][0])
+    assert product_index.search(emb, 3, None, cur.version)["index_version"] == cur.version
+    assert product_index.search(emb, 3, None, "another-version") == {"stale": cur.version}
     assert product_index.similar("no-such-id", 3)["status"] == 404
     sim = product_index.similar(cur.products.at[0, "product_id"], 3)["results"]
     assert len(sim) == 3 and cur.products.at[0, "product_id"] not in {r["product_id"] for r in sim}
@@ -68,8 +73,12 @@ def test_index_swap_and_refusal_of_another_models_index(served_model, built_inde
         idx.reconfigure({"index_dir": str(alien)})  # nothing served yet: the deployment must fail
     idx.reconfigure({"index_dir": str(built_index)})
     hnsw = variant_index(built_index, tmp_path / "v2-hnsw", kind="hnsw")
-    idx.reconfigure({"index_dir": str(hnsw), "ef_search": 64})
+    idx.reconfigure({"index_dir": str(hnsw), "ef_search": 64, "warmup": 4})
     assert idx.describe()["version"] == "v2-hnsw" and idx.describe()["kind"] == "hnsw"
+    assert idx.describe()["search_params"] == {"ef_search": 64}
+    served = idx.current
+    idx.reconfigure({"index_dir": str(hnsw), "ef_search": 200})  # new parameters only: set in place
+    assert idx.current is served and idx.describe()["search_params"] == {"ef_search": 200}
     idx.reconfigure({"index_dir": str(alien)})  # refused: the current index keeps serving
     d = idx.describe()
     assert d["version"] == "v2-hnsw" and "built for model" in d["rejected"]["error"]

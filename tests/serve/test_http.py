@@ -19,6 +19,8 @@ def test_search_ranks_products_and_uses_the_hot_query_cache(service, built_index
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["cached"] is True and len(body["results"]) == 5
+    health = requests.get(f"{url}/healthz", timeout=60).json()
+    assert body["index_version"] == health["index"]["version"] == health["cache"]["index_version"]
     scores = [x["score"] for x in body["results"]]
     assert scores == sorted(scores, reverse=True)
     assert {"product_id", "score", "title", "category"} <= set(body["results"][0])

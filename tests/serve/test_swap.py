@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import requests
 
-from ace_ray.serve.index_dir import IndexMismatch
+from ace_ray.serve.index_dir import HOT_FILE, IndexMismatch
 from tests.serve.conftest import variant_index
 
 pytestmark = pytest.mark.ray
@@ -26,4 +27,11 @@ def test_hot_swap_keeps_the_replica_and_refuses_another_models_index(service, bu
     assert after["pid"] == before["pid"]  # reconfigured in place, not restarted
     r = requests.post(f"{url}/search", json={"query": "dress", "k": 4}, timeout=60)
     assert r.status_code == 200 and len(r.json()["results"]) == 4
+    # The ingress's hot-query cache follows the swap: a hot query is answered from the new version's cache
+    # and index together, and /healthz reports the same version for both.
+    hot = pd.read_parquet(hnsw / HOT_FILE)["key"].iloc[0]
+    r = requests.post(f"{url}/search", json={"query": hot, "k": 4}, timeout=60).json()
+    assert r["cached"] is True and r["index_version"] == "swapped-hnsw"
+    health = requests.get(f"{url}/healthz", timeout=60).json()
+    assert health["cache"]["index_version"] == health["index"]["version"] == "swapped-hnsw"
     swap_index(settings, built_index)  # back, for tests that run after this one
