@@ -39,12 +39,19 @@ def _key(g, *flags: str, key: str, path: bool = False, **kw) -> None:
     g.add_argument(*flags, dest=f"{'path' if path else 'key'}:{key}", **kw)
 
 
+def _yaml_list(text: str) -> str:
+    """``colour,gender`` -> the override value ``[colour, gender]``."""
+    return "[" + ", ".join(w.strip() for w in text.split(",") if w.strip()) + "]"
+
+
 def _sim_flags(p: argparse.ArgumentParser, what: str) -> None:
     g = p.add_argument_group(f"{what} (shorthands for data.synth.*)")
     _key(g, "--days", key="data.synth.days", type=int, help="days of click log")
     _key(g, "--sessions", key="data.synth.sessions", type=int, help="query sessions per day")
     _key(g, "--seed", key="data.synth.seed", type=int, help="random seed (same seed, same output)")
     _key(g, "--workers", key="data.synth.workers", type=int, help="concurrent Ray tasks (0 = all CPUs)")
+    _key(g, "--hide-in-title", key="data.synth.hide_in_title", type=_yaml_list, metavar="ATTRS",
+         help="comma-separated attributes taken out of every title, left only in the photo (e.g. colour)")  # fmt: skip
 
 
 def _train_flags(p: argparse.ArgumentParser, section: str) -> None:

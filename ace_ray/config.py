@@ -74,6 +74,10 @@ class SynthConfig:
     shard_size: int = _f(500, ge=1)  # products per Ray task; fixed so output does not depend on worker count
     workers: int = _f(0, ge=0)  # concurrent Ray tasks; 0 = as many as Ray has CPUs
     start_date: str = _f("2026-01-01", date=True)
+    # Attributes taken out of every title while the simulated queries still ask for them (e.g. [colour]): the
+    # photo is then the only place they are, as on many real shops. Synth: never written into a title;
+    # imports: the product's value removed from its title.
+    hide_in_title: list[str] = _f(factory=list)
 
 
 @dataclass

@@ -292,3 +292,18 @@ def test_a_changed_catalogue_is_not_read_with_its_old_quarantine(tmp_path, ray_s
     err = capsys.readouterr().err
     assert f"{out / PRODUCTS_FILE}: changed since `ace-ray validate` wrote {QUARANTINE_FILE}" in err
     assert f"run `ace-ray validate {out}` again" in err
+
+
+def test_hide_in_title_takes_an_attribute_out_of_every_title(tmp_path, ray_session, capsys):
+    shop = _shop(tmp_path, n=3)
+    table = pd.read_csv(shop / "products.csv")
+    table["name"] = ["Women Navy Blue heels", "NAVY BLUE mug navy", "Blueberry mug"]
+    table["colour"] = ["Navy Blue", "navy blue", "Blue"]
+    table.to_csv(shop / "products.csv", index=False)
+    out = tmp_path / "out"
+    assert _import(tmp_path, shop / "products.csv", shop / "images", out, "--attr-cols", "colour",
+                   "--hide-in-title", "colour") == 0  # fmt: skip
+    assert read_products(out)["title"].tolist() == ["Women heels", "mug navy", "Blueberry mug"]
+    assert _import(tmp_path, shop / "products.csv", shop / "images", tmp_path / "out2", "--attr-cols", "colour",
+                   "--hide-in-title", "brand") == 2  # fmt: skip
+    assert "data.synth.hide_in_title: no attribute column(s) brand" in capsys.readouterr().err

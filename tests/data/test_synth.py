@@ -121,3 +121,25 @@ def test_an_interrupted_resynth_keeps_the_previous_shop_whole(tmp_path, ray_sess
         main([*args, "--seed", "9"])
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_a_colour_hidden_from_titles_is_left_only_in_the_photo(tmp_path, ray_session):
+    cfg = SynthConfig(products=60, days=2, sessions=30, shard_size=30, seed=5)
+    synthesize(cfg, ClickModelConfig(), tmp_path / "plain")
+    synthesize(
+        SynthConfig(**(vars(cfg) | {"hide_in_title": ["colour"]})), ClickModelConfig(), tmp_path / "hidden"
+    )
+    plain, _, truth, photos = _digest(tmp_path / "plain")
+    hidden, imp, truth_h, photos_h = _digest(tmp_path / "hidden")
+    # The same products and photos; only the titles lost their colour words.
+    assert photos == photos_h
+    pd.testing.assert_frame_equal(truth, truth_h)
+    named = [lexicon.mentions(t, c) for t, c in zip(plain["title"], truth["colour"], strict=True)]
+    assert sum(named) > len(named) // 2
+    assert not any(lexicon.mentions(t, c) for t, c in zip(hidden["title"], truth["colour"], strict=True))
+    # Shoppers still ask for colours.
+    assert any(lexicon.mentions(q, c) for q in imp["query"].unique() for c in COLOURS)
+    with pytest.raises(Exception, match="data.synth.hide_in_title: price"):
+        synthesize(
+            SynthConfig(**(vars(cfg) | {"hide_in_title": ["price"]})), ClickModelConfig(), tmp_path / "x"
+        )

@@ -393,6 +393,27 @@ def bring_images(src_root: Path, rel_paths: pd.Series, stage: Path, out: Path) -
     return pd.Series(out_paths, index=rel_paths.index, dtype=object)
 
 
+def hide_in_title(products: pd.DataFrame, attributes: list[str]) -> pd.Series:
+    """Each title without its product's value of ``attributes`` ("Women Navy Blue Heels" with colour "Navy
+    Blue" -> "Women Heels"): whole words, any case. The click model still queries those attributes, so they are
+    then only in the photo, as on many real shops."""
+    missing = [a for a in attributes if a not in products.columns]
+    if missing:
+        raise SchemaError(
+            f"data.synth.hide_in_title: no attribute column(s) {', '.join(missing)} in this catalogue "
+            f"(has: {', '.join(c for c in products.columns if c not in ('product_id', 'title', 'image_path'))})"
+        )
+    titles = []
+    for row in products[["title", *attributes]].itertuples(index=False):
+        title = row[0] if isinstance(row[0], str) else None
+        for value in row[1:]:
+            if title and isinstance(value, str) and value.strip():
+                words = r"\s+".join(re.escape(w) for w in value.split())
+                title = re.sub(rf"(?<!\w){words}(?!\w)", " ", title, flags=re.IGNORECASE)
+        titles.append(" ".join(title.split()) if title else row[0])
+    return pd.Series(titles, index=products.index, dtype=object)
+
+
 def finish_import(
     out: Path,
     products: pd.DataFrame,
@@ -406,7 +427,10 @@ def finish_import(
     date_format: str | None = None,
 ) -> Manifest:
     """Write the catalogue into ``out`` (the staging folder); with no impressions, simulate them from
-    category + attributes (Ray tasks)."""
+    category + attributes (Ray tasks). ``sim.hide_in_title`` takes attributes out of the titles."""
+    if sim.hide_in_title:
+        products = products.assign(title=hide_in_title(products, sim.hide_in_title))
+        params["hide_in_title"] = list(sim.hide_in_title)
     if impressions is None:
         usable = products.dropna(subset=["product_id", "category"]).drop_duplicates("product_id")
         impressions = clicklog.simulate_impressions(usable, attribute_columns, clicks, sim)

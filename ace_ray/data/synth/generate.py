@@ -21,7 +21,7 @@ from ace_ray.data.catalogue import staged_catalogue, write_catalogue
 from ace_ray.data.schema import PRODUCTS_SCHEMA, Manifest, image_shard
 from ace_ray.data.synth.render import render
 from ace_ray.data.synth.taxonomy import BRANDS, COLOURS, GENDERS, LEAVES, PATTERN_P, PATTERNS, STYLES
-from ace_ray.data.synth.titles import write_title
+from ace_ray.data.synth.titles import MENTION_P, write_title
 from ace_ray.runtime import run_bounded
 
 _PRODUCT_STREAM = 7
@@ -59,7 +59,7 @@ def make_products(shard: int, cfg: SynthConfig, root: str) -> pd.DataFrame:
         rows.append(
             {
                 "product_id": pid,
-                "title": write_title(attrs, leaf.name, rng),
+                "title": write_title(attrs, leaf.name, rng, tuple(cfg.hide_in_title)),
                 "category": leaf.name,
                 "category_path": f"{leaf.top}/{leaf.name}",
                 "image_path": rel_path,
@@ -84,6 +84,10 @@ def synthesize(cfg: SynthConfig, clicks: ClickModelConfig, out: str | Path) -> d
     for key in ("products", "days", "sessions", "shard_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"data.synth.{key} must be at least 1 (got {getattr(cfg, key)})")
+    unknown = sorted(set(cfg.hide_in_title) - set(MENTION_P))
+    if unknown:
+        raise ConfigError(f"data.synth.hide_in_title: {', '.join(unknown)} not in a synth title; "
+                          f"one of {', '.join(MENTION_P)}")  # fmt: skip
     root = Path(out).resolve()
     t0 = time.perf_counter()
     n_shards = -(-cfg.products // cfg.shard_size)
