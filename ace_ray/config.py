@@ -228,6 +228,9 @@ class TrainConfig:
     checkpoint_every: int = _f(100, ge=1)  # optimiser steps
     keep_checkpoints: int = _f(2, ge=1)  # the K best by loss; the latest is always kept too
     max_failures: int = _f(2, ge=-1)  # worker-group restarts from the latest checkpoint
+    # Where Ray puts the workers: PACK fills one node first; SPREAD puts them on distinct nodes where it can
+    # (all on one node when only one has room, e.g. after a node is lost).
+    placement: str = _f("PACK", choices=("PACK", "SPREAD"))
     log_every: int = _f(10, ge=1)
     seed: int = 0
     bf16: bool = True  # autocast on GPU

@@ -66,13 +66,25 @@ class Task:
         return {}
 
 
-def gather(value: int, world: int) -> list[int]:
-    """Every rank's ``value`` (a collective: all ranks call it at the same step)."""
+def gather(value, world: int) -> list:
+    """Every rank's ``value``, any picklable object (a collective: all ranks call it at the same step)."""
     if world == 1 or not dist.is_initialized():
         return [value]
     out: list = [None] * world
     dist.all_gather_object(out, value)
     return out
+
+
+def _record_nodes(tag: str, step: int, world: int, rank: int, log: worker.RunLog) -> None:
+    """Where this attempt's ranks run: a line and, from rank 0, the MLflow tag ``nodes_from_step_<step>``
+    (Ray node ids by rank). A restart after a lost node shows as a second tag with the nodes that remain."""
+    import ray
+
+    nodes = gather(ray.get_runtime_context().get_node_id(), world)
+    if rank == 0:
+        print(f"[{tag}] from step {step}: " + ", ".join(f"rank {r} on node {n[:12]}" for r, n in enumerate(nodes)),
+              flush=True)  # fmt: skip
+        log.tag(f"nodes_from_step_{step}", ",".join(nodes))
 
 
 def run(task: Task, config: dict, tc, rank: int, world: int, device: torch.device) -> dict:
@@ -84,6 +96,7 @@ def run(task: Task, config: dict, tc, rank: int, world: int, device: torch.devic
     opt, sched = worker.optimizer_and_schedule(model, tc, total)
     log = worker.RunLog(config["tracking_uri"], config["mlflow_run_id"], rank == 0)
     pos = checkpoints.resume(model, opt, sched, log, rank, plan.batches, task.tag, task.extra_state())
+    _record_nodes(task.tag, pos.step, world, rank, log)
     task.on_start(pos.step, log)
     meter, epoch_meter = worker.Meter(total, pos.step), worker.Meter(total, pos.step)
     samples_seen, steady, last_loss = 0, None, float("inf")  # inf: a checkpoint score that sorts last

@@ -118,6 +118,7 @@ def trainer_for(w: Workload, tc: TrainConfig, name: str, loop, loop_config: dict
             num_workers=tc.workers,
             use_gpu=loop_config["use_gpu"],
             resources_per_worker={"CPU": tc.cpus_per_worker},
+            placement_strategy=tc.placement,
         ),  # fmt: skip
         run_config=ray.train.RunConfig(
             name=name,

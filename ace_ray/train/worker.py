@@ -136,6 +136,11 @@ class RunLog:
         batch = [Metric(prefix + k, float(v), ts, step) for k, v in values.items() if math.isfinite(float(v))]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def tag(self, key: str, value: str) -> None:
+        """Set tag ``key`` of the run (rank 0 only)."""
+        if self.enabled:
+            self.client.set_tag(self.run_id, key, value)
+
     def last_step(self, key: str) -> int:
         """The highest step logged for ``key`` (-1 if none): how far a failed attempt got."""
         if not self.enabled:
