@@ -44,18 +44,21 @@ def from_mapping(cls, values: dict | None, where: str = "args"):
 class IndexSettings:
     """How ``ace-ray index`` builds the FAISS index and the hot-query cache."""
 
-    kind: str = "auto"  # auto: exact (flat) up to flat_max products, HNSW above; ivfpq when memory is short
+    kind: str = "auto"  # auto: exact (flat) up to flat_max products, HNSW above; or ivfpq (see refine)
     flat_max: int = 100_000
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128  # HNSW beam at search time (stored in the index; the service may override it)
     nlist: int = 0  # IVF lists; 0 = about 4 * sqrt(n)
-    nprobe: int = 32  # IVF lists searched (stored in the index; the service may override it)
-    pq_m: int = 16  # IVF-PQ sub-quantisers (bytes per vector); must divide the embedding size
-    # IVF-PQ candidates re-ranked with stored vectors: none, flat (float32, 4 x dim bytes per vector more)
-    # or sq8 (8-bit scalar codes, dim bytes more); k_factor x k candidates are re-ranked.
-    refine: str = "none"
-    k_factor: int = 4
+    # IVF lists searched (stored in the index; the service may override it). 128 with re-ranking (k_factor
+    # 8) recalled 0.97 of exact search's top 100 at 1M products (benchmarks/results/serve_latency.md).
+    nprobe: int = 128
+    pq_m: int = 32  # IVF-PQ sub-quantisers (bytes per vector; as measured); must divide the embedding size
+    # IVF-PQ candidates re-ranked with stored vectors: flat (float32, 4 x dim bytes per vector more), sq8
+    # (8-bit scalar codes, dim bytes more) or none (pq_m bytes a vector in all, where memory is short: its
+    # codes alone recalled 0.61 at 1M); k_factor x k candidates are re-ranked.
+    refine: str = "flat"
+    k_factor: int = 8
     train_size: int = 65_536  # vectors IVF-PQ is trained on (the first ones the job embeds)
     hot_cache: int = 10_000  # most clicked train-day queries whose embeddings are cached
     batch_size: int = 128  # products per embedding batch
