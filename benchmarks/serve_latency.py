@@ -1,14 +1,17 @@
 """Search-service latency over real HTTP on loopback (issue 14): p50/p95/p99 and QPS at concurrency 1, 8
 and 32 for cached (hot) and uncached (tail) queries, with the teacher and the distilled query tower, at
 10k products (a real index of a synthetic shop) and 1M products (synthetic embeddings derived from the
-real ones, HNSW and IVF-PQ, with index memory and Recall@100 against exact search), beside a Ray Serve
-endpoint that does nothing (the floor); also the query tower in PyTorch and ONNX Runtime in-process.
+real ones: HNSW, IVF-PQ, IVF-PQ re-ranked with stored vectors), beside a Ray Serve endpoint that does
+nothing (the floor); ANN Recall@100 against exact search with the search-time latency for a few
+settings of each index (in-process, one FAISS thread as served); the query tower in PyTorch and ONNX
+Runtime in-process.
 
-    python benchmarks/serve_latency.py [--work data/bench_serve] [--seconds 4] [--quick]
+    python benchmarks/serve_latency.py [--work data/bench_serve] [--seconds 4] [--only ann,http]
+        [--towers student] [--indexes flat10k,hnsw,ivfpq-refine] [--ef-search 512] [--nprobe 64]
 
-Everything runs on this machine, on 127.0.0.1, bounded per cell in requests and seconds. The shop, model
-and indexes are kept in ``--work`` so a rerun only measures. Results are appended to
-``benchmarks/results/serve_latency.md``.
+Everything runs on this machine, on 127.0.0.1, bounded per cell in requests and seconds; each cell is
+preceded by unmeasured warm-up requests. The shop, model and indexes are kept in ``--work`` so a rerun
+only measures. Results are appended to ``benchmarks/results/serve_latency.md``, with the load average.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ CONCURRENCY = (1, 8, 32)
 # products are distinct, not 100 near-copies of each real one (a degenerate case for graph indexes).
 NOISE = 0.6
 HNSW = {"hnsw_m": 32, "ef_construction": 80, "ef_search": 256}
+IVFPQ = {"pq_m": 32, "nprobe": 64, "train_size": 65_536}
+# The 1M indexes: name -> (kind, IndexSettings overrides); directory names keep the first run's.
+BIG = {"hnsw": ("hnsw", {}), "ivfpq": ("ivfpq", {}), "ivfpq-refine": ("ivfpq", {"refine": "flat"}),
+       "ivfpq-sq8": ("ivfpq", {"refine": "sq8"})}  # fmt: skip
+# Search-time settings swept for Recall@100 vs latency.
+SWEEP = {"hnsw": [{"ef_search": e} for e in (128, 256, 512, 1024, 2048)],
+         "ivfpq": [{"nprobe": p} for p in (64, 256)],
+         "ivfpq-refine": [{"nprobe": p, "k_factor": f} for p in (32, 64, 128) for f in (2, 4, 8)],
+         "ivfpq-sq8": [{"nprobe": p, "k_factor": f} for p in (64, 128) for f in (4, 8)]}  # fmt: skip
 
 
 def setup_shop(work: Path, products: int):
@@ -82,9 +94,16 @@ def setup_models(w, root: Path, store, work: Path) -> tuple[Path, Path]:
     return teacher, student
 
 
-def synthetic_index(real: Path, out: Path, n: int, kind: str, seed: int = 0) -> tuple[Path, float]:
+def big_dir(work: Path, n: int, name: str) -> Path:
+    return work / f"synthetic-{n}-{name}-noise{NOISE}"
+
+
+def synthetic_index(
+    real: Path, out: Path, n: int, kind: str, seed: int = 0, **overrides
+) -> tuple[Path, float]:
     """An index directory of ``n`` synthetic products: each a real product's embedding plus noise
-    (so the 1M catalogue keeps the real one's structure), for the same model; returns (dir, build s)."""
+    (so the 1M catalogue keeps the real one's structure), for the same model; returns (dir, build s).
+    ``overrides``: ``IndexSettings`` fields beside the benchmark's HNSW and IVF-PQ ones."""
     import faiss
     import pandas as pd
 
@@ -99,7 +118,7 @@ def synthetic_index(real: Path, out: Path, n: int, kind: str, seed: int = 0) -> 
     base = base.reconstruct_n(0, base.ntotal)
     cats = pd.read_parquet(real / index_dir.PRODUCTS_FILE)["category"].to_numpy()
     rng = np.random.default_rng(seed)
-    cfg = IndexSettings(kind=kind, **HNSW, pq_m=32, nprobe=64, train_size=65_536)
+    cfg = IndexSettings(kind=kind, **{**HNSW, **IVFPQ, **overrides})
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     idx = StreamingIndex(kind, n, cfg)
@@ -115,7 +134,11 @@ def synthetic_index(real: Path, out: Path, n: int, kind: str, seed: int = 0) -> 
     pd.read_parquet(real / index_dir.HOT_FILE).to_parquet(out / index_dir.HOT_FILE)
     m = index_dir.IndexManifest.read(real)
     m = dataclasses.replace(
-        m, version=out.name, kind=kind, products=n, params={"seconds": seconds, "synthetic": True}
+        m,
+        version=out.name,
+        kind=kind,
+        products=n,
+        params={"seconds": seconds, "synthetic": True, **dataclasses.asdict(cfg)},
     )
     m.write(out)
     del faiss
@@ -130,31 +153,49 @@ def synthetic_embeddings(base: np.ndarray, start: int, stop: int, rng) -> np.nda
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def ann_quality(path: Path, real: Path, queries: np.ndarray, k: int = 100) -> dict:
-    """Index memory (serialised size), ANN Recall@k against exact search over the same vectors."""
+def exact_top(real: Path, n: int, queries: np.ndarray, k: int = 100) -> np.ndarray:
+    """Exact top ``k`` rows of the ``n`` synthetic products (regenerated as the indexes were) per query."""
+    import faiss
+
     from ace_ray.eval import index as faiss_index
     from ace_ray.serve import index_dir
 
-    ann = faiss_index.load_index(path / index_dir.INDEX_FILE)
-    if hasattr(ann, "hnsw"):
-        ann.hnsw.efSearch = HNSW["ef_search"]
-    else:
-        ann.nprobe = 64
-    n = ann.ntotal
     base = faiss_index.load_index(real / index_dir.INDEX_FILE)
     base = base.reconstruct_n(0, base.ntotal)
-    exact = faiss_index.build_index(
-        synthetic_embeddings(base, 0, min(n, 100_000), np.random.default_rng(0)), "flat"
-    )
-    rng = np.random.default_rng(0)  # the same draws the index was built from
-    exact.reset()
+    exact = faiss.IndexFlatIP(base.shape[1])
+    rng = np.random.default_rng(0)  # the same draws the indexes were built from
     for start in range(0, n, 100_000):
         exact.add(synthetic_embeddings(base, start, min(n, start + 100_000), rng))
-    _, want = faiss_index.search(exact, queries, k)
-    _, got = faiss_index.search(ann, queries, k)
-    recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, want, strict=True)]))
-    return {"memory_mib": (path / index_dir.INDEX_FILE).stat().st_size / 2**20, "recall": recall,
-            "flat_mib": n * queries.shape[1] * 4 / 2**20}  # fmt: skip
+    return faiss_index.search(exact, queries, k)[1]
+
+
+def ann_sweep(name: str, path: Path, queries: np.ndarray, want: np.ndarray, k: int = 100) -> list[dict]:
+    """Recall@k against ``want`` (exact) and single-query latency with one FAISS thread (as a ProductIndex
+    replica serves) for each search-time setting of ``SWEEP[name]``; index memory (serialised size)."""
+    import faiss
+
+    from ace_ray.eval import index as faiss_index
+    from ace_ray.serve import index_dir
+
+    index = faiss_index.load_index(path / index_dir.INDEX_FILE)
+    mib = (path / index_dir.INDEX_FILE).stat().st_size / 2**20
+    faiss.omp_set_num_threads(1)
+    rows = []
+    for params in SWEEP[name]:
+        index_dir.set_search_params(index, **params)
+        for q in queries[:10]:  # warm-up
+            index.search(q.reshape(1, -1), k)
+        lat, got = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            got.append(index.search(q.reshape(1, -1), k)[1][0])
+            lat.append((time.perf_counter() - t0) * 1000)
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, want, strict=True)]))
+        rows.append({"index": name, "params": params, "recall": recall, "p50": np.percentile(lat, 50),
+                     "p99": np.percentile(lat, 99), "mib": mib, "load": os.getloadavg()[0]})  # fmt: skip
+        print(f"[bench] ann {rows[-1]}", flush=True)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return rows
 
 
 def load(url: str, bodies: list[dict], concurrency: int, seconds: float, max_requests: int) -> dict:
@@ -235,8 +276,22 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=10_000)
     ap.add_argument("--big", type=int, default=1_000_000, help="products of the synthetic catalogue")
     ap.add_argument("--seconds", type=float, default=4.0, help="per measured cell")
+    ap.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of unmeasured requests before each cell"
+    )
     ap.add_argument("--port", type=int, default=8321)
+    ap.add_argument("--only", default="tower,ann,http", help="sections to run: tower, ann, http (comma list)")
+    ap.add_argument("--towers", default="teacher,student", help="query towers of the uncached HTTP cells")
+    ap.add_argument("--indexes", default="flat10k,hnsw,ivfpq,ivfpq-refine",
+                    help=f"indexes of the HTTP cells: flat10k, {', '.join(BIG)}")  # fmt: skip
+    ap.add_argument("--ann", default=",".join(BIG), help="1M indexes whose search settings are swept")
+    ap.add_argument("--ef-search", type=int, default=0, help="HNSW efSearch served (0: the index's own)")
+    ap.add_argument("--nprobe", type=int, default=0, help="IVF nprobe served (0: the index's own)")
+    ap.add_argument(
+        "--k-factor", type=int, default=0, help="re-ranked candidates per result (0: the index's)"
+    )
     args = ap.parse_args()
+    only = set(args.only.split(","))
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
@@ -265,59 +320,80 @@ def main() -> None:
 
     import pandas as pd
 
+    cmd = "python " + " ".join(sys.argv)
     hot = pd.read_parquet(real / HOT_FILE)["key"].tolist()[:200]
     tail = [f"{q} extra words {i}" for i, q in enumerate(hot * 10)][:1000]  # never cached
-    tail_emb = TorchQueryEncoder(teacher).encode(tail[:200])
-    speed = tower_speed(teacher, student, tail)
-
+    needed = set(args.indexes.split(",")) - {"flat10k"} if "http" in only else set()
+    needed |= set(args.ann.split(",")) if "ann" in only else set()
     big = {}
-    for kind in ("hnsw", "ivfpq"):
-        path, build_s = synthetic_index(
-            real, work / f"synthetic-{args.big}-{kind}-noise{NOISE}", args.big, kind
-        )
-        big[kind] = {"path": path, "build_s": build_s, **ann_quality(path, real, tail_emb)}
-        print(f"[bench] {kind} at {args.big:,}: {big[kind]}", flush=True)
+    for name in [b for b in BIG if b in needed]:
+        kind, overrides = BIG[name]
+        path, build_s = synthetic_index(real, big_dir(work, args.big, name), args.big, kind, **overrides)
+        big[name] = {"path": path, "build_s": build_s}
+        print(f"[bench] {name} at {args.big:,}: built in {build_s:.0f} s", flush=True)
 
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    url = f"http://127.0.0.1:{args.port}"
-    serve.run(noop_app(), name="noop", route_prefix="/noop")
-    rows = []
+    if "tower" in only:
+        record(str(RESULTS), "Query tower in-process (160 tail queries)", ["tower", "runtime", "batch", "ms per query"],
+               tower_speed(teacher, student, tail), cmd)  # fmt: skip
 
-    def measure(label: str, tower: str, index: str, path: str, bodies: list[dict]) -> None:
-        for c in CONCURRENCY:
-            r = load(f"{url}{path}", bodies, c, args.seconds, 400 * c)
-            rows.append([label, tower, index, c, r["n"], r["errors"], f"{r['p50']:.1f}", f"{r['p95']:.1f}",
-                         f"{r['p99']:.1f}", f"{r['qps']:.0f}"])  # fmt: skip
-            print(f"[bench] {rows[-1]}", flush=True)
+    if "ann" in only:
+        tail_emb = TorchQueryEncoder(teacher).encode(tail[:200])
+        t0 = time.perf_counter()
+        want = exact_top(real, args.big, tail_emb)
+        exact_s = time.perf_counter() - t0
+        rows = []
+        for name in args.ann.split(","):
+            for r in ann_sweep(name, big[name]["path"], tail_emb, want):
+                params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
+                rows.append([name, params, f"{r['recall']:.3f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}",
+                             f"{r['mib']:.0f}", f"{big[name]['build_s']:.0f}", f"{r['load']:.1f}"])  # fmt: skip
+        flat_mib = args.big * tail_emb.shape[1] * 4 / 2**20
+        record(str(RESULTS), f"ANN at {args.big:,} synthetic products: Recall@100 vs exact and search latency "
+               f"(200 tail queries, one at a time, one FAISS thread; exact ground truth {exact_s:.0f} s; "
+               f"float32 vectors alone {flat_mib:.0f} MiB)",
+               ["index", "search setting", "Recall@100", "p50 ms", "p99 ms", "index MiB", "build s", "load 1m"],
+               rows, cmd)  # fmt: skip
 
-    body_hot = [{"query": q, "k": 10} for q in hot]
-    body_tail = [{"query": q, "k": 10} for q in tail]
-    measure("do-nothing endpoint (floor)", "-", "-", "/noop/search", body_hot)
-    indexes = [(f"{args.products // 1000}k real, flat", real), (f"{args.big // 10**6}M synthetic, HNSW", big["hnsw"]["path"]),
-               (f"{args.big // 10**6}M synthetic, IVF-PQ", big["ivfpq"]["path"])]  # fmt: skip
-    for tower, qm in (("teacher", ""), ("student", str(student))):
-        settings = ServiceSettings(index=str(real), model=str(teacher), query_model=qm, max_batch_size=16,
-                                   max_ongoing_requests=64, scaling={"min_replicas": 1, "max_replicas": 1})  # fmt: skip
-        serve.run(search_app.build(settings), name="search", route_prefix="/")
-        for label, path in indexes:
-            search_app.swap_index(settings, path)
-            if tower == "teacher":
-                measure("cached /search", "-", label, "/search", body_hot)
-            measure("uncached /search", tower, label, "/search", body_tail)
-        serve.delete("search")
-    serve.shutdown()
-    total = time.perf_counter() - t_start
-    cmd = "python " + " ".join(sys.argv)
-    record(str(RESULTS), f"HTTP latency, {args.products:,} and {args.big:,} products ({total:.0f} s in all)",
-           ["queries", "query tower", "index", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms", "QPS"],
-           rows, cmd)  # fmt: skip
-    record(str(RESULTS), f"ANN at {args.big:,} synthetic products (200 tail queries, k=100)",
-           ["index", "build s", "index MiB", "flat MiB", "Recall@100 vs exact"],
-           [[k, f"{v['build_s']:.0f}", f"{v['memory_mib']:.0f}", f"{v['flat_mib']:.0f}", f"{v['recall']:.3f}"]
-            for k, v in big.items()], cmd)  # fmt: skip
-    record(str(RESULTS), "Query tower in-process (160 tail queries)", ["tower", "runtime", "batch", "ms per query"],
-           speed, cmd)  # fmt: skip
-    print(f"[bench] done in {total:.0f} s; results in {RESULTS}")
+    if "http" in only:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        url = f"http://127.0.0.1:{args.port}"
+        serve.run(noop_app(), name="noop", route_prefix="/noop")
+        rows = []
+
+        def measure(label: str, tower: str, index: str, path: str, bodies: list[dict]) -> None:
+            for c in CONCURRENCY:
+                load(f"{url}{path}", bodies[::-1], c, args.warmup, 1000 * c)  # unmeasured warm-up
+                r = load(f"{url}{path}", bodies, c, args.seconds, 400 * c)
+                rows.append([label, tower, index, c, r["n"], r["errors"], f"{r['p50']:.1f}", f"{r['p95']:.1f}",
+                             f"{r['p99']:.1f}", f"{r['qps']:.0f}", f"{os.getloadavg()[0]:.1f}"])  # fmt: skip
+                print(f"[bench] {rows[-1]}", flush=True)
+
+        body_hot = [{"query": q, "k": 10} for q in hot]
+        body_tail = [{"query": q, "k": 10} for q in tail]
+        measure("do-nothing endpoint (floor)", "-", "-", "/noop/search", body_hot)
+        m = args.big // 10**6
+        labels = {"flat10k": (f"{args.products // 1000}k real, flat", real), "hnsw": (f"{m}M synthetic, HNSW", None),
+                  "ivfpq": (f"{m}M synthetic, IVF-PQ", None), "ivfpq-refine": (f"{m}M synthetic, IVF-PQ + re-rank", None),
+                  "ivfpq-sq8": (f"{m}M synthetic, IVF-PQ + sq8 re-rank", None)}  # fmt: skip
+        towers = {"teacher": "", "student": str(student)}
+        for i, tower in enumerate(args.towers.split(",")):
+            settings = ServiceSettings(index=str(real), model=str(teacher), query_model=towers[tower], max_batch_size=16,
+                                       max_ongoing_requests=64, scaling={"min_replicas": 1, "max_replicas": 1},
+                                       ef_search=args.ef_search, nprobe=args.nprobe, k_factor=args.k_factor)  # fmt: skip
+            serve.run(search_app.build(settings), name="search", route_prefix="/")
+            for name in args.indexes.split(","):
+                label, path = labels[name]
+                search_app.swap_index(settings, path or big[name]["path"])
+                if i == 0:
+                    measure("cached /search", "-", label, "/search", body_hot)
+                measure("uncached /search", tower, label, "/search", body_tail)
+            serve.delete("search")
+        serve.shutdown()
+        total = time.perf_counter() - t_start
+        record(str(RESULTS), f"HTTP latency, {args.products:,} and {args.big:,} products ({total:.0f} s in all)",
+               ["queries", "query tower", "index", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
+                "QPS", "load 1m"], rows, cmd)  # fmt: skip
+    print(f"[bench] done in {time.perf_counter() - t_start:.0f} s; results in {RESULTS}")
 
 
 if __name__ == "__main__":
