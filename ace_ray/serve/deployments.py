@@ -213,7 +213,9 @@ class HotCache:
 
     def __init__(self, version: str | None = None, keys: list[str] = (), emb: np.ndarray | None = None):
         self.version = version
-        self.emb = {} if emb is None else dict(zip(keys, emb, strict=True))
+        # One small array per query, copied out of the fetched matrix: row views would pin the matrix
+        # in Ray's object store (it is deserialised zero-copy) for as long as the cache lives.
+        self.emb = {} if emb is None else {q: np.array(e, np.float32) for q, e in zip(keys, emb, strict=True)}
 
     def get(self, query: str) -> np.ndarray | None:
         return self.emb.get(query_key(query))
