@@ -57,10 +57,13 @@ def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
     return ((x - PIXEL_MEAN) / PIXEL_STD).reshape(pixels.shape)
 
 
-def finetune_pairs(root: str | Path, test_days: int) -> pd.DataFrame:
-    """(pair_id, query, product_id, category) for every usable train-day click."""
-    products, _ = load_clean(root)
-    clicks = clean_clicks(root, test_days)
+def finetune_pairs(root: str | Path, test_days: int,
+                   clean: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> pd.DataFrame:  # fmt: skip
+    """(pair_id, query, product_id, category) for every usable train-day click (``clean``: the catalogue's
+    ``load_clean`` when the caller already holds it)."""
+    clean = clean if clean is not None else load_clean(root)
+    products = clean[0]
+    clicks = clean_clicks(root, test_days, clean)
     pairs = clicks.merge(products[["product_id", "category"]], on="product_id", how="inner")
     pairs = pairs.sort_values(["day", "session_id", "product_id"], kind="stable").reset_index(drop=True)
     return pairs.assign(pair_id=np.arange(len(pairs)))[["pair_id", "query", "product_id", "category"]]
@@ -100,8 +103,9 @@ def build_finetune_batches(
     The join is done once; every epoch then reads the written batches (see ``ace_ray.data.plan``).
     """
     root = Path(root).resolve()
-    products, _ = load_clean(root)
-    pairs = finetune_pairs(root, test_days)
+    clean = load_clean(root)
+    products = clean[0]
+    pairs = finetune_pairs(root, test_days, clean)
     pairs["batch_id"] = plan_batches(pairs["category"].to_numpy(), batches.partitions, batches.batch_size,
                                      batches.seed)  # fmt: skip
     pairs = pairs.merge(products[["product_id", "title"]], on="product_id")

@@ -48,13 +48,15 @@ def check_split(model_split: dict | None, root: str | Path, test_days: int, what
         )
 
 
-def clean_clicks(root: str | Path, test_days: int) -> pd.DataFrame:
+def clean_clicks(root: str | Path, test_days: int,
+                 clean: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> pd.DataFrame:  # fmt: skip
     """(day, session_id, query, product_id) of every usable click before the test days: the validated
     impressions (quarantined rows dropped, the first copy of a duplicate kept, exactly as evaluation reads
-    them) whose product is in the validated catalogue."""
+    them) whose product is in the validated catalogue. ``clean``: ``load_clean(root)`` when the caller
+    already holds it (it reads, and hashes, both tables)."""
     root = Path(root).resolve()
     cutoff = first_test_day(root, test_days)
-    products, imp = load_clean(root)
+    products, imp = clean if clean is not None else load_clean(root)
     day = pd.to_datetime(imp["day"]).dt.date
     ok = imp["clicked"].astype(bool) & (day < cutoff) & imp["product_id"].isin(set(products["product_id"]))
     return imp.loc[ok, ["day", "session_id", "query", "product_id"]].reset_index(drop=True)

@@ -148,10 +148,13 @@ class FeatureStore:
         ds = ray.data.read_parquet(self.parts(), columns=["product_id", "status", *columns])
         return ds.filter(lambda r: r["status"] == OK).drop_columns(["status"])
 
-    def read(self, columns: list[str] | None = None, ok_only: bool = True) -> pd.DataFrame:
-        """The store as a DataFrame (small catalogues and tests; pipelines stream ``parts()``)."""
+    def read(self, columns: list[str] | None = None, ok_only: bool = True,
+             ids: list[str] | None = None) -> pd.DataFrame:  # fmt: skip
+        """The store as a DataFrame (small catalogues and tests; pipelines stream ``parts()``); only the
+        products ``ids`` when given (filtered while reading)."""
         cols = None if columns is None else list(dict.fromkeys(["product_id", "status", *columns]))
-        df = pq.ParquetDataset(self.parts()).read(columns=cols).to_pandas()
+        filters = None if ids is None else [("product_id", "in", list(ids))]
+        df = pq.ParquetDataset(self.parts(), filters=filters).read(columns=cols).to_pandas()
         return df[df["status"] == OK].reset_index(drop=True) if ok_only else df
 
     def patch_features(self, blob: bytes) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +27,6 @@ INDEX_FILE = "_index.json"
 
 def seed_for(*parts) -> int:
     """A 31-bit seed from the parts (seed, epoch, rank, ...)."""
-    import zlib
-
     return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
@@ -41,10 +40,9 @@ def file_index(directory: str | Path, sort_column: str | None = None) -> list[tu
     files = sorted(p for p in directory.rglob("*.parquet"))
     entries = []
     for p in files:
-        key = str(p.relative_to(directory))
-        if sort_column:
-            key = (pq.read_table(p, columns=[sort_column]).column(0)[0].as_py(), key)
-        entries.append((key, str(p.relative_to(directory)), pq.read_metadata(p).num_rows))
+        name = str(p.relative_to(directory))
+        key = (pq.read_table(p, columns=[sort_column]).column(0)[0].as_py(), name) if sort_column else name
+        entries.append((key, name, pq.read_metadata(p).num_rows))
     out = [(f, n) for _, f, n in sorted(entries)]
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(out))

@@ -60,7 +60,7 @@ def load_eval_data(root: str | Path, store: fs.FeatureStore, test_days: int) -> 
     queries, targets = list(grouped.index), list(grouped.to_numpy())
     cats = catalogue["category"].to_numpy()
     query_category = np.array([pd.Series(cats[t]).mode().iloc[0] for t in targets], dtype=object)
-    train_clicks = clean_clicks(root, test_days)  # the clicks training read, cleaned the same way
+    train_clicks = clean_clicks(root, test_days, (products, imp))  # the clicks training read, cleaned alike
     bands = frequency_band(train_clicks["query"].value_counts())
     query_band = np.array([bands.get(q, "tail") for q in queries], dtype=object)
     cold = ~catalogue["product_id"].isin(set(train_clicks["product_id"])).to_numpy()

@@ -73,7 +73,7 @@ def pool_rows(vs: ValidationSet, root: str | Path, store_path: str | Path, held_
     """What the product tower reads for the pool: title, hot queries (of the training split), features."""
     products, _ = load_clean(root)
     store = fs.FeatureStore(store_path)
-    feats = store.read(columns=["patch_features", "pixels"])
+    feats = store.read(columns=["patch_features", "pixels"], ids=vs.pool)  # the pool's rows only
     rows = pd.DataFrame({"product_id": vs.pool}).merge(products[["product_id", "title"]], on="product_id")
     rows = rows.merge(feats, on="product_id")
     hot = read_hot_queries(root, held_out_days, hot_k)[["product_id", "hot_queries"]]
