@@ -301,6 +301,10 @@ class FinetuneConfig:
     hot_query_dropout: float = _f(0.0, ge=0, le=1)
     embed_dim: int = _f(128, ge=1)
     pooling: str = _f("mean", choices=("mean", "cls"))  # mean (over every unpadded position) | cls
+    # How the product's image tokens join its embedding: joint (the paper: one attention, one pool over all
+    # tokens) | additive (text pooled apart from the image, the image added through a projection that starts
+    # at zero; see ace_ray.model.towers.TwoTower).
+    fusion: str = _f("joint", choices=("joint", "additive"))
     gamma: float = _f(20.0, gt=0)  # softmax scale of the cosine similarity (eq. 4)
     mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
     # With data.val_days: Recall@val_k of the validation days' queries, at every checkpoint, over the products

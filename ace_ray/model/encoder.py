@@ -86,9 +86,12 @@ class CEBert(nn.Module):
     def hidden(self) -> int:
         return self.bert.config.hidden_size
 
-    def forward(self, title_ids, title_mask, hot_ids=None, hot_mask=None, patches=None, pixels=None):
+    def forward(self, title_ids, title_mask, hot_ids=None, hot_mask=None, patches=None, pixels=None,
+                text_attends_text_only: bool = False):  # fmt: skip
         """Encode a batch. Text ids are ``[CLS] ... [SEP]`` rows (the hot-query row's [CLS] is dropped); a
-        segment whose input is None is left out (the query tower passes text only).
+        segment whose input is None is left out (the query tower passes text only). With
+        ``text_attends_text_only`` the text tokens do not attend to the image tokens (which still attend to
+        everything): the text outputs are then exactly those of the text alone.
 
         Returns ``(sequence_output, pooled, offsets)`` with ``offsets[segment] = (start, length)``.
         """
@@ -118,10 +121,23 @@ class CEBert(nn.Module):
                 raise ValueError("this encoder was built with model.pixels=false but got pixel patches")
             x = self.pixel_proj(pixels.to(parts[0].dtype))
             add(x, PIXEL, torch.ones(x.shape[:2], device=x.device))
-        out = self.bert(inputs_embeds=torch.cat(parts, 1), attention_mask=torch.cat(masks, 1),
+        embeds, mask = torch.cat(parts, 1), torch.cat(masks, 1)
+        if text_attends_text_only:
+            mask = _text_apart_mask(torch.cat(types, 1), mask, embeds.dtype)
+        out = self.bert(inputs_embeds=embeds, attention_mask=mask,
                         token_type_ids=torch.cat(types, 1), position_ids=torch.cat(positions, 1))  # fmt: skip
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         return out.last_hidden_state, pooled, offsets
+
+
+def _text_apart_mask(types: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive attention mask [B, 1, L, L]: padding is never attended to, and text positions (title, hot
+    queries) do not attend to image positions. HF BERT takes a 4-D mask as it is."""
+    text = types <= HOT
+    allowed = mask.bool()[:, None, :] & (text[:, None, :] | ~text[:, :, None])  # [B, query, key]
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )[:, None]
 
 
 def trim_padding(mask: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -17,27 +17,55 @@ from torch import nn
 from ace_ray.model.encoder import CEBert, build_encoder, load_model, save_model, trim_padding
 
 POOLING = ("mean", "cls")
+FUSION = ("joint", "additive")
 
 
 class TwoTower(nn.Module):
-    """Shared-weight query and product towers over one ``CEBert``."""
+    """Shared-weight query and product towers over one ``CEBert``.
 
-    def __init__(self, encoder: CEBert, embed_dim: int, pooling: str = "mean", hot_queries: bool = True):
+    ``fusion`` says how a product's image tokens reach its embedding:
+    - ``joint`` (the paper): every token attends to every other and all are pooled together, so 65 image
+      tokens outweigh a 10-token title in the mean;
+    - ``additive``: the text tokens (title, hot queries) attend only to text, the image tokens to everything;
+      each side is pooled on its own and the image vector is added through its own projection, which starts
+      at zero. At the start the product tower is exactly the text-only one; the image is learnt in on top.
+      (A zero scalar gate in front of a random projection was tried first: the gate's gradient is the
+      random projection's correlation with the loss, the projection's is scaled by the gate, and in a short
+      fine-tuning neither moved. A zero projection gets its full gradient from the first step.)
+    """
+
+    def __init__(self, encoder: CEBert, embed_dim: int, pooling: str = "mean", hot_queries: bool = True,
+                 fusion: str = "joint"):  # fmt: skip
         super().__init__()
         if pooling not in POOLING:
             raise ValueError(f"finetune.pooling: unknown pooling {pooling!r}; one of {', '.join(POOLING)}")
+        if fusion not in FUSION:
+            raise ValueError(f"finetune.fusion: unknown fusion {fusion!r}; one of {', '.join(FUSION)}")
         # The towers pool the sequence themselves: BERT's pooler would be an unused (DDP-breaking) layer.
         encoder.bert.pooler = None
-        self.encoder, self.pooling, self.hot_queries = encoder, pooling, hot_queries
+        self.encoder, self.pooling, self.hot_queries, self.fusion = encoder, pooling, hot_queries, fusion
         self.proj = nn.Linear(encoder.hidden, embed_dim)
+        has_image = encoder.patch_proj is not None or encoder.pixel_proj is not None
+        self.image_proj = None
+        if fusion == "additive" and has_image:
+            self.image_proj = nn.Linear(encoder.hidden, embed_dim)
+            nn.init.zeros_(self.image_proj.weight)
+            nn.init.zeros_(self.image_proj.bias)
+        self.image_share = float("nan")  # the last product batch's |image part| / |text part| (additive)
+
+    def _pool(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return seq[:, 0]
+        m = mask.unsqueeze(-1).to(seq.dtype)
+        return (seq * m).sum(1) / m.sum(1).clamp(min=1)
 
     def _embed(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
-            x = seq[:, 0]
-        else:
-            m = mask.unsqueeze(-1).to(seq.dtype)
-            x = (seq * m).sum(1) / m.sum(1).clamp(min=1)
-        return F.normalize(self.proj(x).float(), dim=-1)
+        return F.normalize(self.proj(self._pool(seq, mask)).float(), dim=-1)
+
+    @property
+    def additive(self) -> bool:
+        """Whether product image tokens are pooled apart and added (``fusion=additive`` with image segments)."""
+        return self.image_proj is not None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(query embeddings, product embeddings) of a batch of pairs: what DDP wraps for training."""
@@ -66,11 +94,20 @@ class TwoTower(nn.Module):
             hot_mask=hot_mask,
             patches=batch["patches"] if enc.patch_proj is not None else None,
             pixels=batch["pixels"] if enc.pixel_proj is not None else None,
+            text_attends_text_only=self.additive,
         )
-        masks.append(
-            torch.ones(seq.shape[0], seq.shape[1] - sum(m.shape[1] for m in masks), device=seq.device)
-        )
-        return self._embed(seq, torch.cat([m.to(seq.device, seq.dtype) for m in masks], 1))
+        text = sum(m.shape[1] for m in masks)
+        masks.append(torch.ones(seq.shape[0], seq.shape[1] - text, device=seq.device))
+        mask = torch.cat([m.to(seq.device, seq.dtype) for m in masks], 1)
+        if not self.additive:
+            return self._embed(seq, mask)
+        text_part = self.proj(self._pool(seq[:, :text], mask[:, :text]))
+        image_part = self.image_proj(seq[:, text:].mean(1))
+        with torch.no_grad():  # how much of the photo the product tower has let in so far (logged)
+            self.image_share = float(
+                (image_part.norm(dim=-1) / text_part.norm(dim=-1).clamp(min=1e-12)).mean()
+            )
+        return F.normalize((text_part + image_part).float(), dim=-1)
 
 
 class DomainClassifier(nn.Module):
@@ -123,7 +160,7 @@ def build_towers(w, patch_dim: int, pixel_dim: int) -> TwoTower:
     ft = w.finetune
     if not ft.init_from:
         enc = build_encoder(w.model, w.data.text.tokenizer, patch_dim, pixel_dim)
-        return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries)
+        return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion)
     enc, _, _ = load_model(w.path(ft.init_from))
     hidden = enc.hidden
     if w.model.patches and (enc.patch_proj is None or enc.patch_dim != patch_dim):
@@ -136,15 +173,16 @@ def build_towers(w, patch_dim: int, pixel_dim: int) -> TwoTower:
     enc.pixel_proj = enc.pixel_proj if w.model.pixels else None
     enc.patch_dim, enc.pixel_dim = patch_dim, pixel_dim
     enc.cfg = dataclasses.replace(enc.cfg, patches=w.model.patches, pixels=w.model.pixels)
-    return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries)
+    return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion)
 
 
 def save_towers(towers: TwoTower, out, tokenizer_name: str, meta: dict) -> None:
     """A self-contained model directory (see ``save_model``) whose ``ace_ray.json`` also describes the
     towers (embedding size, pooling, hot queries)."""
     info = {"task": "finetune", "embed_dim": towers.proj.out_features, "pooling": towers.pooling,
-            "hot_queries": towers.hot_queries, **meta}  # fmt: skip
-    save_model(towers.encoder, nn.ModuleDict({"proj": towers.proj}), out, tokenizer_name, info)
+            "hot_queries": towers.hot_queries, "fusion": towers.fusion, **meta}  # fmt: skip
+    heads = {"proj": towers.proj, **({"image_proj": towers.image_proj} if towers.additive else {})}
+    save_model(towers.encoder, nn.ModuleDict(heads), out, tokenizer_name, info)
 
 
 def load_towers(path) -> tuple[TwoTower, dict]:
@@ -152,6 +190,11 @@ def load_towers(path) -> tuple[TwoTower, dict]:
     enc, heads, info = load_model(path)
     if info.get("task") != "finetune":
         raise ValueError(f"{path}: a {info.get('task', 'unknown')} model, not fine-tuned towers")
-    towers = TwoTower(enc, info["embed_dim"], info["pooling"], info["hot_queries"])
-    towers.proj.load_state_dict({"weight": heads["proj.weight"], "bias": heads["proj.bias"]})
+    towers = TwoTower(
+        enc, info["embed_dim"], info["pooling"], info["hot_queries"], info.get("fusion", "joint")
+    )
+    missing = {k for k, _ in towers.named_parameters() if not k.startswith("encoder.")} - set(heads)
+    if missing:
+        raise ValueError(f"{path}: missing tower weights {sorted(missing)}")
+    towers.load_state_dict(heads, strict=False)  # the heads are the towers' own parameters, by name
     return towers.eval(), info

@@ -36,7 +36,8 @@ from ace_ray.runtime import ensure_ray
 from ace_ray.train import checkpoints, loop, runner, worker
 
 TEXT_COLUMNS = ("query_ids", "query_mask", "title_ids", "title_mask", "hot_ids", "hot_mask")
-LOG_KEYS = ("loss", "main", "adv", "d_acc", "centroid_gap", "inbatch_acc", "false_negatives", "disc_steps")
+LOG_KEYS = ("loss", "main", "adv", "d_acc", "centroid_gap", "inbatch_acc", "false_negatives", "disc_steps",
+            "image_share")  # fmt: skip
 
 
 def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload) -> dict:
@@ -130,6 +131,9 @@ class FinetuneTask(loop.Task):
                    **{k: float(v) for k, v in counts.items()}, **game_stats(q, a, parts.get("dq"), parts.get("da"))}  # fmt: skip
         if "adv" in parts:
             metrics["adv"] = float(parts["adv"])
+        towers = checkpoints.unwrap(self.model)
+        if towers.additive:
+            metrics["image_share"] = towers.image_share
         return loss, metrics, len(q)
 
     def after_step(self, step):

@@ -1,0 +1,70 @@
+"""The two towers' product-side fusion: ``additive`` starts as the text-only tower and learns the image in."""
+
+import torch
+
+from ace_ray.config import ModelConfig
+from ace_ray.data import text
+from ace_ray.model.encoder import build_encoder
+from ace_ray.model.towers import TwoTower, load_towers, save_towers
+
+TINY = ModelConfig(init="random", size="tiny", layers=2, dropout=0.0)
+
+
+def _batch(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = text.encode(["red cotton dress", "blue heels", "a bag"], 10)
+    h = text.encode(["red dress", "", "bag ; bags"], 8)
+    return {"title_ids": torch.from_numpy(t["input_ids"]), "title_mask": torch.from_numpy(t["attention_mask"]),
+            "hot_ids": torch.from_numpy(h["input_ids"]), "hot_mask": torch.from_numpy(h["attention_mask"]),
+            "patches": torch.randn(b, 4, 12, generator=g), "pixels": torch.randn(b, 5, 48, generator=g)}  # fmt: skip
+
+
+def _towers(fusion, image=True):
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**vars(TINY), "patches": image, "pixels": image})
+    return TwoTower(build_encoder(cfg, "minilm", 12, 48), 16, fusion=fusion).eval()
+
+
+def test_additive_starts_exactly_as_the_text_only_tower_and_ignores_the_photo_until_it_learns():
+    additive, text_only = _towers("additive"), _towers("joint", image=False)
+    text_only.load_state_dict(additive.state_dict(), strict=False)  # same BERT and text projection
+    x = _batch()
+    with torch.no_grad():
+        a, b = additive.encode_products(x), text_only.encode_products(x)
+        other_photos = additive.encode_products(
+            {**x, **{k: v for k, v in _batch(seed=1).items() if k in ("patches", "pixels")}}
+        )
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a, other_photos, atol=1e-5)
+    # The joint tower, by contrast, is moved by the photo from the start.
+    joint = _towers("joint")
+    with torch.no_grad():
+        moved = (joint.encode_products(x) - joint.encode_products({**x, "pixels": -x["pixels"]})).abs().max()
+    assert moved > 1e-3
+
+
+def test_the_image_projection_learns_from_the_first_step_and_then_the_photo_counts():
+    towers = _towers("additive").train()
+    x = _batch()
+    loss = -(towers.encode_products(x)[:, 0]).sum()
+    loss.backward()
+    assert towers.image_proj.weight.grad.abs().max() > 0  # the zero projection gets a gradient at once
+    assert towers.image_share == 0.0
+    torch.optim.SGD(towers.parameters(), lr=1.0).step()
+    towers.eval()
+    with torch.no_grad():
+        a = towers.encode_products(x)
+        b = towers.encode_products({**x, "pixels": -x["pixels"]})
+    assert (a - b).abs().max() > 1e-4 and towers.image_share > 0
+
+
+def test_an_additive_model_directory_reloads_with_its_image_projection(tmp_path):
+    towers = _towers("additive")
+    with torch.no_grad():
+        towers.image_proj.weight.normal_()
+    save_towers(towers, tmp_path / "m", "minilm", {})
+    again, info = load_towers(tmp_path / "m")
+    assert info["fusion"] == "additive" and again.additive
+    x = _batch()
+    with torch.no_grad():
+        assert torch.allclose(towers.encode_products(x), again.encode_products(x), atol=1e-5)
