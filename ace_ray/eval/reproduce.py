@@ -1,6 +1,7 @@
 """``ace-ray reproduce``: the paper's tables on a catalogue, with several seeds, as one Markdown report.
 
-Rows are presets. Presets that come to the same config (e.g. Table 1's CE-BERT and Table 4's "none") are
+Rows are presets, or a preset with overrides (``"acebert finetune.fusion=gated"``: an ablation row, labelled
+as written). Rows that come to the same config (e.g. Table 1's CE-BERT and Table 4's "none") are
 trained once per seed and shared between tables. Each distinct pretraining (image input x loss weighting)
 is done once, with the first seed; the seeds vary the fine-tuning (its initialisation of the new layers,
 batch plan and order, dropout), so the spread is the fine-tuning's. TwinBERT is text only and starts from
@@ -10,6 +11,7 @@ batch plan and order, dropout), so the spread is the fine-tuning's. TwinBERT is 
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ import mlflow
 import pandas as pd
 
 from ace_ray import tracking
-from ace_ray.config import Workload, with_overrides
+from ace_ray.config import ConfigError, Workload, with_overrides
 from ace_ray.data import feature_store as fs
 from ace_ray.data.features import build_features
 from ace_ray.eval import report
@@ -29,6 +31,7 @@ from ace_ray.runtime import ensure_ray
 from ace_ray.train.finetune import run_finetune
 from ace_ray.train.pretrain import run_pretrain
 
+_SLUG = re.compile(r"[^\w.=-]+")  # a row's name as a directory name
 PRETRAIN_KEYS = ("data.features.roi", "model.patches", "model.pixels", "pretrain.adaptive")
 
 
@@ -63,18 +66,18 @@ def reproduce(base: Workload) -> Path:
               f"{len(ledger.pretrained)} pretraining(s) already done")  # fmt: skip
     ensure_ray(base.ray)
     presets = list(dict.fromkeys(p for rows in cfg.tables.values() for p in rows))
-    configs = {p: tuple(preset_overrides(p)) for p in presets}
+    configs = {p: row_overrides(p) for p in presets}
     pretrained, runs = ledger.pretrained, ledger.runs  # (config, seed) -> finetune result + metrics
     rows = []
     t0 = time.perf_counter()
     for preset in presets:
-        w = with_overrides(base, [*configs[preset], f"finetune.preset={preset}"])
+        w = with_overrides(base, [*configs[preset], f"finetune.preset={preset.split()[0]}"])
         store = _features(w)
         for seed in cfg.seeds:
             key = (configs[preset], seed)
             if key not in runs:
                 ws = with_overrides(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
-                if preset != "twinbert":
+                if w.finetune.preset != "twinbert":
                     pkey = tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
                     if pkey not in pretrained:
                         print(f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}")
@@ -85,12 +88,10 @@ def reproduce(base: Workload) -> Path:
                     flush=True,
                 )
                 res = run_finetune(ws)
+                eval_dir = out / f"{_SLUG.sub('_', preset)}-seed{seed}"
                 ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), store, ws.data.test_days,
-                                    dataclasses.replace(ws.eval, baselines=[]), out / f"{preset}-seed{seed}",
-                                    name=preset)[preset]  # fmt: skip
-                ledger.add_run(
-                    key, {"run_id": res["run_id"], "metrics": ev, "eval_dir": out / f"{preset}-seed{seed}"}
-                )
+                                    dataclasses.replace(ws.eval, baselines=[]), eval_dir, name=preset)[preset]  # fmt: skip
+                ledger.add_run(key, {"run_id": res["run_id"], "metrics": ev, "eval_dir": eval_dir})
             rows.append(
                 {"method": preset, "seed": seed, "run_id": runs[key]["run_id"], **runs[key]["metrics"]}
             )
@@ -118,6 +119,16 @@ def reproduce(base: Workload) -> Path:
         tracking.log_artifacts(out, "reproduce")
     print(f"\n[reproduce] report {path} ({time.perf_counter() - t0:.0f} s)")
     return path
+
+
+def row_overrides(row: str) -> tuple[str, ...]:
+    """A table row, ``"PRESET [key=value ...]"`` -> the overrides that make its config: the preset's, then the
+    row's own (a plain preset row keeps the key it always had in a report's ledger)."""
+    name, *extra = row.split()
+    bad = [e for e in extra if "=" not in e]
+    if bad:
+        raise ConfigError(f"reproduce.tables: row {row!r}: {bad[0]!r} is not key=value")
+    return (*preset_overrides(name), *extra)
 
 
 def _dotted(obj, dotted: str):

@@ -11,7 +11,8 @@ import pytest
 from ace_ray import tracking
 from ace_ray.config import ConfigError, with_overrides
 from ace_ray.eval.ledger import Ledger
-from ace_ray.eval.reproduce import reproduce
+from ace_ray.eval.reproduce import reproduce, row_overrides
+from ace_ray.model.presets import preset_overrides
 
 pytestmark = pytest.mark.ray
 
@@ -45,13 +46,20 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     assert set(first["method"]) == {"hot_query", "adversarial", "random", "bm25"}
     assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 2  # one shared pretraining
 
-    # Widen it: Table 1's TwinBERT row is added; the Table 4 rows are read back, not trained again.
+    # Widen it: Table 1's TwinBERT row and an ablation row (a preset with an override) are added; the Table 4
+    # rows are read back, not trained again, and the ablation shares their pretraining.
+    additive = "hot_query finetune.fusion=additive"
     widened = _workload(featurised_shop, tmp_path, f"reproduce.resume={out}",
-                        'reproduce.tables={"Table 4": [hot_query, adversarial], "Table 1": [twinbert]}')  # fmt: skip
+                        'reproduce.tables={"Table 4": [hot_query, adversarial], "Table 1": [twinbert], '
+                        f'"Levers": [{additive}]}}')  # fmt: skip
     assert reproduce(widened) == report
     second = pd.read_csv(out / "results.csv")
-    assert set(second["method"]) == {"hot_query", "adversarial", "twinbert", "random", "bm25"}
-    assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 3
+    assert set(second["method"]) == {"hot_query", "adversarial", "twinbert", additive, "random", "bm25"}
+    assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 4
+    client = mlflow.tracking.MlflowClient(tracking.tracking_uri(w))
+    params = client.get_run(second.set_index("method").loc[additive, "run_id"]).data.params
+    assert params["finetune.fusion"] == "additive" and params["finetune.preset"] == "hot_query"
+    assert "## Levers" in report.read_text() and (out / "hot_query_finetune.fusion=additive-seed0").is_dir()
     for method in ("hot_query", "adversarial"):
         before, after = (r.set_index("method").loc[method] for r in (first, second))
         assert before["run_id"] == after["run_id"] and before["recall@100"] == after["recall@100"]
@@ -60,6 +68,15 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     # Anything but reproduce.* / ray.* changed: refused, naming the setting.
     with pytest.raises(ConfigError, match="model.layers"):
         reproduce(with_overrides(widened, ["model.layers=1"]))
+
+
+def test_a_row_is_a_preset_with_overrides():
+    assert row_overrides("twinbert") == tuple(preset_overrides("twinbert"))
+    assert row_overrides("acebert finetune.gamma=10")[-1] == "finetune.gamma=10"
+    with pytest.raises(ConfigError, match="'gated' is not key=value"):
+        row_overrides("acebert gated")
+    with pytest.raises(ConfigError, match="unknown preset 'acebrt'"):
+        row_overrides("acebrt")
 
 
 def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_shop, tmp_path):
