@@ -92,7 +92,7 @@ def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig
     (
         ray.data.from_pandas(titles)
         .join(feats, join_type="inner", num_partitions=n_parts, on=("product_id",))
-        .groupby("bucket")
+        .groupby("bucket", num_partitions=n_parts)  # Ray's default is 200 reduce tasks, whatever the size
         .map_groups(lambda g: tokenize(g.sort_values("product_id")), batch_format="pandas")
         .write_parquet(str(out), partition_cols=["split", "bucket"])
     )
