@@ -5,6 +5,7 @@ best configuration's one evaluation on the test days."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def write_report(space: Space, base: Workload, path: Path, summary: dict, table:
         sections.append(("The best configuration on the test days (read once)",
                          f"Fine-tuned on the train + validation days (MLflow run {f['run_id']}), evaluated on the "
                          f"{base.data.test_days} test day(s):\n\n"
-                         + report.metrics_table(rows, [c for c in ("gauc", "recall@10", "recall@50", "recall@100", "mrr")
+                         + report.metrics_table(rows, [c for c in ("gauc", "recall@10", "recall@50", "recall@100", "cold_recall@100", "mrr")
                                                        if any(c in r for r in rows)])))  # fmt: skip
     sections.append(("Trials", report.metrics_table(shown.to_dict("records"), cols, name_key="trial_id")))
     for title, png in figs:
@@ -170,11 +171,14 @@ def write_report(space: Space, base: Workload, path: Path, summary: dict, table:
     return report.write_report(path / "report.md", f"Sweep {path.name}", sections)
 
 
-def final_test(base: Workload, path: Path, summary: dict) -> dict:
+def final_test(base: Workload, path: Path, summary: dict, compare: list[str] = ()) -> dict:
     """Fine-tune the best configuration on train + validation days and evaluate it once on the test days
-    against the baselines; saved in ``final.json`` (a resumed sweep does not read the test days again)."""
+    against the baselines, and against each ``compare`` preset trained with the same settings (a text-only
+    one from ``model.init``, as in its paper); saved in ``final.json`` (a resumed sweep does not read the test
+    days again)."""
     from ace_ray.data import feature_store as fs
     from ace_ray.eval.evaluate import run_evaluation
+    from ace_ray.model.presets import preset_overrides
     from ace_ray.train.finetune import run_finetune
 
     w = best_workload(base, summary["best_config"])
@@ -183,8 +187,15 @@ def final_test(base: Workload, path: Path, summary: dict) -> dict:
     ev = run_evaluation(res["model_dir"], w.path(w.data.root), fs.for_workload(w), w.data.test_days, w.eval, out,
                         name=w.finetune.preset)  # fmt: skip
     results = {k: v for k, v in ev.items() if not k.startswith("_")}
+    for name in compare:
+        wp = with_overrides(w, [*preset_overrides(name), f"finetune.preset={name}"])
+        if not (wp.model.patches or wp.model.pixels):
+            wp = with_overrides(wp, ["finetune.init_from=null"])
+        other = run_finetune(wp)["model_dir"]
+        results[name] = run_evaluation(other, wp.path(wp.data.root), fs.for_workload(wp), wp.data.test_days,
+                                       dataclasses.replace(wp.eval, baselines=[]), out / name, name=name)[name]  # fmt: skip
     final = {"run_id": res["run_id"], "model_dir": res["model_dir"], "results": results,
-             "metrics": {f"{w.finetune.preset}/{k.replace('@', '_at_')}": v for k, v in results[w.finetune.preset].items()
-                         if isinstance(v, float)}}  # fmt: skip
+             "metrics": {f"{name}/{k.replace('@', '_at_')}": v for name in (w.finetune.preset, *compare)
+                         for k, v in results[name].items() if isinstance(v, float)}}  # fmt: skip
     (path / "final.json").write_text(json.dumps(final, indent=2, default=float))
     return final

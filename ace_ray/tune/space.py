@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ace_ray.config import ConfigError, Workload, _f, from_dict, load_yaml, with_overrides
+from ace_ray.model.presets import preset_overrides
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -54,6 +55,9 @@ class Space:
     final_test: bool = (
         True  # train the best config on train + validation days and evaluate it on the test days
     )
+    # Presets trained with the best configuration's settings and evaluated beside it in the final test (e.g.
+    # [twinbert]: is the tuned model better than the text-only one at the same budget?).
+    compare: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     fixed: list[str] = field(default_factory=list)
 
@@ -100,6 +104,11 @@ def check_space(space: Space, base: Workload) -> None:
             "finetune.preset: choose the preset with `ace-ray tune --preset NAME` (or in the workload), "
             "not in the space; to compare presets, run a sweep per preset"
         )
+    for name in space.compare:  # an unknown preset is refused here, not after the sweep
+        try:
+            preset_overrides(name)
+        except ConfigError as exc:
+            raise ConfigError(f"compare: {str(exc).split(': ', 1)[1]}") from None
     for key, spec in space.params.items():
         try:
             kind, values = _one(spec)

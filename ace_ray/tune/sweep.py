@@ -68,36 +68,33 @@ def _trial(config: dict, base: dict, parent_run_id: str, storage: str) -> None:
     run_finetune(w, trial={"id": tune.get_context().get_trial_id(), "parent_run_id": parent_run_id})
 
 
-class _ProgressLine:
-    """A line per finished trial: ``[tune] 3/8 trials done (1 stopped early) | <id> val 0.41 | a=1 b=2``."""
+def _progress_lines(total: int, metric: str):
+    """A Tune callback printing a line per finished trial:
+    ``[tune] 3/8 trials done (1 stopped early) | <id> val 0.41 | a=1 b=2`` (Tune is imported lazily)."""
+    from ray.tune import Callback
 
-    def __new__(cls, total: int, metric: str):
-        from ray.tune import Callback
+    class Line(Callback):
+        def __init__(self):
+            self.done, self.early = 0, 0
 
-        class Line(Callback):
-            def __init__(self):
-                self.done, self.early = 0, 0
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._line(trial, "done")
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._line(trial, "done")
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, "failed")
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trial, "failed")
+        def _line(self, trial, what):
+            self.done += 1
+            last = trial.last_result or {}
+            early = last.get("step", 0) < last.get("total_steps", 0)
+            self.early += early
+            params = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in (trial.config or {}).items())
+            value = last.get(metric)
+            print(f"[tune] {self.done}/{total} trials {what} ({self.early} stopped early) | {trial.trial_id} "
+                  f"{metric} {value if value is None else f'{value:.4f}'} at step {last.get('step')}"
+                  f"{' (stopped early)' if early else ''} | {params}", flush=True)  # fmt: skip
 
-            def _line(self, trial, what):
-                self.done += 1
-                last = trial.last_result or {}
-                early = last.get("step", 0) < last.get("total_steps", 0)
-                self.early += early
-                params = " ".join(
-                    f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in (trial.config or {}).items()
-                )
-                value = last.get(metric)
-                print(f"[tune] {self.done}/{total} trials {what} ({self.early} stopped early) | {trial.trial_id} "
-                      f"{metric} {value if value is None else f'{value:.4f}'} at step {last.get('step')}"
-                      f"{' (stopped early)' if early else ''} | {params}", flush=True)  # fmt: skip
-
-        return Line()
+    return Line()
 
 
 def _tuner(space: Space, base: Workload, path: Path, parent_run_id: str, restore: bool):
@@ -143,7 +140,7 @@ def _tuner(space: Space, base: Workload, path: Path, parent_run_id: str, restore
             name=path.name,
             storage_path=str(path.parent),
             verbose=0,
-            callbacks=[_ProgressLine(space.trials(), space.metric)],
+            callbacks=[_progress_lines(space.trials(), space.metric)],
             failure_config=tune.FailureConfig(max_failures=1),
         ),  # fmt: skip
     )
@@ -189,9 +186,16 @@ def run_sweep(w: Workload, space_path: str | Path | None = None, resume: str | P
         if parent is None:
             tracking.log_artifact(path / "space.yaml")
         grid = _tuner(space, base, path, run.info.run_id, restore=resume is not None).fit()
+        # Tune returns from fit() on Ctrl-C: a partial sweep must not pick, nor read the test days. Trials not
+        # yet created are missing from the grid; started ones are neither terminated nor errored.
+        unfinished = space.trials() - grid.num_terminated - grid.num_errors
+        if unfinished:
+            print(f"[tune] interrupted with {unfinished} of {space.trials()} trials unfinished; nothing was chosen or "
+                  f"tested. Continue with: ace-ray tune --resume {path}", flush=True)  # fmt: skip
+            raise SystemExit(130)
         summary = results.write(grid, space, base, path, run.info.run_id)
         if space.final_test and "final" not in summary:
-            summary["final"] = results.final_test(base, path, summary)
+            summary["final"] = results.final_test(base, path, summary, space.compare)
             results.write_report(space, base, path, summary)
         tracking.log_metrics({f"best_{space.metric}": summary["best_value"], "trials": summary["trials"],
                               "stopped_early": summary["stopped_early"],

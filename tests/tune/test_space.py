@@ -62,6 +62,10 @@ def _space(tmp_path, body: str) -> Path:
             r"scheduler: 'hyperband' is not one of",
         ),
         ("params: {}\n", r"a sweep needs at least one searched key"),
+        (
+            "compare: [twinbrt]\nparams:\n  finetune.gamma: {grid: [10]}\n",
+            r"compare: unknown preset 'twinbrt'; one of twinbert",
+        ),
         ("params:\n  finetune.gamma: {grid: [10]}\nfixed: [finetune.preset=twinbert]\n", r"--preset NAME"),
         (
             "params:\n  finetune.gamma: {grid: [10]}\nfixed: [finetune.train.batch_size=8]\n",

@@ -3,6 +3,7 @@ trial, continued with `ace-ray tune --resume`. Finished trials are kept, ASHA st
 MLflow holds a parent run and a child per trial, no trial reads a test day, the best config is a workload
 that fine-tuning accepts, and the test days are read once, by the best config, at the end."""
 
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ search: grid
 scheduler: asha
 asha: {grace_period: 1, reduction_factor: 2}
 max_concurrent: 1
+compare: [cebert]
 params:
   finetune.train.lr: {grid: [0.004, 0.002, 1.0e-9, 1.0e-10]}
 fixed: [data.val_days=1, finetune.train.max_steps=6, finetune.train.checkpoint_every=2]
@@ -92,10 +94,16 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
             finished = [r for r in runs if r.data.tags.get("tune_trial_id") in done]
             time.sleep(1)
         assert finished, "no trial finished within 900 s:\n" + log.read_text()[-3000:]
+        # Ctrl-C: Tune saves its state and returns; a partial sweep must neither pick a best nor read the test days.
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the local Ray it started is left
         proc.wait(timeout=30)
+    assert "ace-ray tune --resume" in log.read_text()
     (sweep,) = (tmp_path / "runs" / "tune").iterdir()
+    assert not (sweep / "final.json").exists() and not (sweep / "best.yaml").exists()
     first = finished[0]
 
     assert main(["tune", "--resume", str(sweep), *_args(shop, tmp_path)]) == 0
@@ -125,3 +133,5 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
     assert "on the test days (read once)" in report and (sweep / "curves.png").is_file()
     final = mlflow.get_run(parent.info.run_id).data.metrics
     assert "test/twinbert/recall_at_100" in final and final["stopped_early"] >= 1
+    # Beside it, the compared preset, trained with the best settings and evaluated the same way.
+    assert "test/cebert/recall_at_100" in final and "| cebert |" in report
