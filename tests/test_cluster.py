@@ -67,7 +67,9 @@ def _job_logs(dashboard: str, job: str) -> str:
 # Opt-in for now: two Ray nodes, an MLflow server and the suite's own Ray on one 2-core machine took 676 s
 # when it passed and, at a load of 20-40, failed to start the second node (GCS deadline); not yet measured
 # on a quiet machine, so it is kept out of the 20-minute suite until it is (issue 17).
-@pytest.mark.skipif(os.environ.get("ACE_RAY_CLUSTER_TEST") != "1", reason="opt in with ACE_RAY_CLUSTER_TEST=1")
+@pytest.mark.skipif(
+    os.environ.get("ACE_RAY_CLUSTER_TEST") != "1", reason="opt in with ACE_RAY_CLUSTER_TEST=1"
+)
 def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp_path):
     missing = [n for n in ("ray", "mlflow") if _exe(n) is None]
     if missing:
