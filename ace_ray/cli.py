@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ace_ray.config import ConfigError, Workload, dump_config
+from ace_ray.config import ConfigError, Workload, dump_config, parse_override
 from ace_ray.data.feature_store import FeatureMismatch
 from ace_ray.data.schema import SchemaError
 from ace_ray.model.presets import load_with_preset
@@ -37,6 +37,11 @@ def _key(g, *flags: str, key: str, path: bool = False, **kw) -> None:
     """A flag that is a shorthand for the override ``key=value`` (a path made absolute: it is relative to
     where the user is, not to the workspace)."""
     g.add_argument(*flags, dest=f"{'path' if path else 'key'}:{key}", **kw)
+
+
+def _settings(pairs: list[str]) -> dict:
+    """``["nprobe=64", "refine=none"]`` -> ``{"nprobe": 64, "refine": "none"}`` (values read as YAML)."""
+    return dict(parse_override(p) for p in pairs)
 
 
 def _yaml_list(text: str) -> str:
@@ -210,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"), help="FAISS index kind"
     )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="index_settings",
+                   help="an index setting (ace_ray/serve/settings.py IndexSettings), e.g. refine=none nprobe=64 "
+                   "ef_search=256 k_factor=8 hot_cache=20000; repeat for more")  # fmt: skip
 
     p = sub.add_parser("serve", help="run the search service (Ray Serve) until Ctrl-C",
                        description="Start the search application: QueryEncoder (batched, autoscaled), ProductIndex "
@@ -310,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         jobs.distill(workload, args.model, args.run)
     elif args.command == "index":
         out = str(Path(args.out).expanduser().resolve()) if args.out else None
-        jobs.index(workload, args.model, args.run, out, {"kind": args.kind})
+        jobs.index(workload, args.model, args.run, out, {"kind": args.kind, **_settings(args.index_settings)})
     elif args.command == "serve":
         src = args.serve_model or args.run or ""
         src = str(Path(src).resolve()) if src and Path(src).expanduser().is_dir() else src

@@ -49,12 +49,19 @@ def test_cli_index_command_logs_the_index_to_mlflow(served_model, tmp_path):
 
     w, root, _, model = served_model
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [f"workspace={w.workspace}", f"data.root={root}", "data.test_days=1", f"tracking.uri={uri}",
+            "eval.embed_actors=1", *SHOP_FEATURES]  # fmt: skip
     rc = main(["index", "--model", str(model), "--out", str(tmp_path / "idx"), "--kind", "hnsw",
-               f"workspace={w.workspace}", f"data.root={root}", "data.test_days=1", f"tracking.uri={uri}",
-               "eval.embed_actors=1", *SHOP_FEATURES])  # fmt: skip
+               "--set", "ef_search=64", "--set", "hot_cache=50", *args])  # fmt: skip
     assert rc == 0
     m = IndexManifest.read(find(tmp_path / "idx"))
     assert m.kind == "hnsw" and m.model_hash == model_hash(model)
+    assert m.params["ef_search"] == 64 and m.hot_queries <= 50
+    # An index setting that does not exist is refused before any work, naming it.
+    assert (
+        main(["index", "--model", str(model), "--out", str(tmp_path / "idx2"), "--set", "nprob=3", *args])
+        == 2
+    )
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(
         search_all_experiments=True, filter_string="tags.stage = 'index'", output_format="list"
