@@ -121,7 +121,9 @@ def build_finetune_batches(
         ray.data.from_pandas(pairs)
         .join(feats, join_type="inner", num_partitions=n_parts, on=("product_id",))
         .join(hot, join_type="left_outer", num_partitions=n_parts, on=("product_id",))
-        .groupby("batch_id", num_partitions=n_parts)  # Ray's default is 200 reduce tasks, whatever the size
+        # Ray's default of 200 reduce tasks stays: with fewer, one task writes batches of different lengths
+        # (the last of a partition is short) and Parquet cannot unify their pair_id tensor types.
+        .groupby("batch_id")
         .map_groups(lambda g: _assemble(g, manifest, text_cfg), batch_format="pandas")
         # One batch per file, so shuffling the files shuffles the batch order exactly.
         .write_parquet(str(out), max_rows_per_file=1)
