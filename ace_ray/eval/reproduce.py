@@ -1,6 +1,6 @@
 """``ace-ray reproduce``: the paper's tables on a catalogue, with several seeds, as one Markdown report.
 
-Rows are presets, or a preset with overrides (``"acebert finetune.fusion=gated"``: an ablation row, labelled
+Rows are presets, or a preset with overrides (``"acebert finetune.fusion=additive"``: an ablation row, labelled
 as written). Rows that come to the same config (e.g. Table 1's CE-BERT and Table 4's "none") are
 trained once per seed and shared between tables. Each distinct pretraining (image input x loss weighting)
 is done once, with the first seed; the seeds vary the fine-tuning (its initialisation of the new layers,

@@ -45,11 +45,16 @@ class FakeIndex:
         return {"results": [{"emb": float(emb[0])}], "index_version": self.version}
 
 
-def test_cached_search_is_one_hop_and_never_mixes_a_cache_with_another_index_version():
+def _ingress():
+    """An ingress over a fake index and encoder that record their calls; (ingress, index, calls)."""
     calls: list[str] = []
     index = FakeIndex(calls)
     encoder = type("E", (), {"encode": _Method(lambda q: np.zeros(4, np.float32), calls, "encoder.encode")})()
-    api = Ingress(encoder, index, LIMITS, {})
+    return Ingress(encoder, index, LIMITS, {}), index, calls
+
+
+def test_cached_search_is_one_hop_and_never_mixes_a_cache_with_another_index_version():
+    api, index, calls = _ingress()
 
     async def scenario():
         await api._hot()  # what the first request (or the benchmark's warm-up) does once
@@ -72,10 +77,7 @@ def test_cached_search_is_one_hop_and_never_mixes_a_cache_with_another_index_ver
 
 
 def test_a_tail_query_answered_by_a_new_index_version_refreshes_the_cache():
-    calls: list[str] = []
-    index = FakeIndex(calls)
-    encoder = type("E", (), {"encode": _Method(lambda q: np.zeros(4, np.float32), calls, "encoder.encode")})()
-    api = Ingress(encoder, index, LIMITS, {})
+    api, index, calls = _ingress()
 
     async def scenario():
         await api._hot()
