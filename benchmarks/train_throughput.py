@@ -25,6 +25,7 @@ from machine import record  # noqa: E402
 
 from ace_ray.config import ClickModelConfig, FeaturesConfig, SynthConfig, load_workload  # noqa: E402
 from ace_ray.data import feature_store as fs  # noqa: E402
+from ace_ray.data.feature_table import for_store  # noqa: E402
 from ace_ray.data.features import build_features  # noqa: E402
 from ace_ray.data.pretrain_set import build_pretrain_set  # noqa: E402
 from ace_ray.data.synth.generate import synthesize  # noqa: E402
@@ -38,20 +39,23 @@ from ace_ray.train.pretrain import make_batch, products_per_batch, run_pretrain,
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.md"
 
 
-def bare_loop(w, set_path: Path, manifest: fs.FeatureManifest, steps: int) -> float:
+def bare_loop(w, set_path: Path, store: fs.FeatureStore, steps: int) -> float:
     """Samples/s of the same model and batches in a plain loop (data in memory), 1 torch thread."""
     tc = w.pretrain.train
     torch.set_num_threads(1)
     torch.manual_seed(tc.seed)
-    enc = build_encoder(w.model, w.data.text.tokenizer, manifest.feature_dim, manifest.pixel_dim)
+    enc = build_encoder(w.model, w.data.text.tokenizer, store.manifest.feature_dim, store.manifest.pixel_dim)
     model = CEBertPretraining(enc, enc.bert.config.vocab_size).train()
     opt, sched = worker.optimizer_and_schedule(model, tc, steps)
     df = pd.read_parquet(set_path / "split=train")
+    table = for_store(store)
     size = products_per_batch(w)
     samples, t0 = 0, None
     for step in range(steps + 1):
         chunk = df.iloc[(step * size) % (len(df) - size) :][:size]
-        batch = make_batch({c: chunk[c].to_numpy() for c in chunk.columns}, manifest, w, step)
+        raw = {c: chunk[c].to_numpy() for c in chunk.columns}
+        raw |= {k: table.gather(raw["feature_row"], k) for k in ("patches", "pixels")}
+        batch = make_batch(raw, w, step)
         loss, _ = weighted_loss(model(batch), w, step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
@@ -85,7 +89,7 @@ def main() -> None:
         validate(root)
         store = fs.FeatureStore(build_features(root, FeaturesConfig())["store"])
         set_path = build_pretrain_set(root, store, w.data.text, w.pretrain.holdout, w.pretrain.train.seed)
-        bare = bare_loop(w, set_path, store.manifest, args.steps)
+        bare = bare_loop(w, set_path, store, args.steps)
         print(f"bare PyTorch loop: {bare:.1f} samples/s")
         rates = {}
         for workers in (1, 2):

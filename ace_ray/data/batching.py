@@ -7,6 +7,10 @@ shuffled every epoch. Each written file holds one whole batch; the training work
 themselves by an ``EpochPlan`` (``ace_ray.data.plan``), so every worker trains on whole batches and every
 pair is seen once per epoch across all workers, in an order fixed by (seed, epoch).
 
+A batch file holds ids and tokens only, and each pair's row in the store's feature table
+(``ace_ray.data.feature_table``): the image features are gathered when the batch is read, so they are on
+disk once per product, not once per click.
+
 The pretraining stream is in ``pretrain_set``.
 """
 
@@ -25,12 +29,14 @@ from ace_ray.config import BatchConfig, TextConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.clicks import clean_clicks
+from ace_ray.data.feature_table import for_store
 from ace_ray.data.hot_queries import hot_queries_path, read_hot_queries
 from ace_ray.data.plan import file_index
 from ace_ray.data.validate import load_clean
 
 BATCHES_DIR = "finetune_batches"
 DONE = "_done.json"
+LAYOUT = 2  # 2: feature rows instead of the features themselves
 # ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
 PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -69,10 +75,9 @@ def finetune_pairs(root: str | Path, test_days: int,
     return pairs.assign(pair_id=np.arange(len(pairs)))[["pair_id", "query", "product_id", "category"]]
 
 
-def _assemble(group: pd.DataFrame, store: fs.FeatureManifest, cfg: TextConfig) -> pd.DataFrame:
-    """One batch's rows -> one row of stacked arrays (tokens, RoI patch features, pixel patches)."""
+def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
+    """One batch's rows -> one row of stacked arrays (tokens, the products' feature-table rows)."""
     g = group.sort_values("pair_id")
-    m = store
     q = text.encode(g["query"].tolist(), cfg.max_query, cfg.tokenizer)
     t = text.encode(g["title"].tolist(), cfg.max_title, cfg.tokenizer)
     h = text.encode([text.join_hot_queries(x) for x in g["hot_queries"]], cfg.max_hot, cfg.tokenizer)
@@ -84,8 +89,7 @@ def _assemble(group: pd.DataFrame, store: fs.FeatureManifest, cfg: TextConfig) -
         "query_ids": q["input_ids"], "query_mask": q["attention_mask"],
         "title_ids": t["input_ids"], "title_mask": t["attention_mask"],
         "hot_ids": h["input_ids"], "hot_mask": h["attention_mask"],
-        "patches": m.stack_patches(g["patch_features"]),
-        "pixels": m.stack_pixels(g["pixels"]),
+        "feature_row": g["row"].to_numpy(np.int64),
     }  # fmt: skip
     return pd.DataFrame([row])
 
@@ -98,7 +102,8 @@ def build_finetune_batches(
     text_cfg: TextConfig,
     out: str | Path,
 ) -> dict:
-    """Plan the batches, join pairs with features and hot queries, and write one row per batch to ``out``.
+    """Plan the batches, join pairs with their feature-table rows and hot queries, and write one row per
+    batch to ``out``. Pairs of products without features are left out (counted in the result).
 
     The join is done once; every epoch then reads the written batches (see ``ace_ray.data.plan``).
     """
@@ -109,26 +114,25 @@ def build_finetune_batches(
     pairs["batch_id"] = plan_batches(pairs["category"].to_numpy(), batches.partitions, batches.batch_size,
                                      batches.seed)  # fmt: skip
     pairs = pairs.merge(products[["product_id", "title"]], on="product_id")
-    feats = store.dataset(["patch_features", "pixels"])
+    rows = for_store(store).ids
     hot = ray.data.from_pandas(read_hot_queries(root, test_days, text_cfg.hot_k).drop(columns=["hot_clicks"]))
     n_parts = max(1, min(16, len(pairs) // 2000))
-    manifest = store.manifest
     out = Path(out)
     if out.exists():
         for f in out.glob("*"):
             f.unlink()
     (
         ray.data.from_pandas(pairs)
-        .join(feats, join_type="inner", num_partitions=n_parts, on=("product_id",))
+        .join(ray.data.from_pandas(rows), join_type="inner", num_partitions=n_parts, on=("product_id",))
         .join(hot, join_type="left_outer", num_partitions=n_parts, on=("product_id",))
         # Ray's default of 200 reduce tasks stays: with fewer, one task writes batches of different lengths
         # (the last of a partition is short) and Parquet cannot unify their pair_id tensor types.
         .groupby("batch_id")
-        .map_groups(lambda g: _assemble(g, manifest, text_cfg), batch_format="pandas")
+        .map_groups(lambda g: _assemble(g, text_cfg), batch_format="pandas")
         # One batch per file, so shuffling the files shuffles the batch order exactly.
         .write_parquet(str(out), max_rows_per_file=1)
     )
-    featurised = set(store.read(columns=[])["product_id"])
+    featurised = set(rows["product_id"])
     return {"pairs": len(pairs), "pairs_with_features": int(pairs["product_id"].isin(featurised).sum()),
             "batches": int(pairs["batch_id"].max() + 1) if len(pairs) else 0}  # fmt: skip
 
@@ -139,7 +143,7 @@ def cached_finetune_batches(
     """``build_finetune_batches`` into ``<root>/finetune_batches/<key>/``, reused while the features, the
     batching and the text settings are the same; (directory, its counts)."""
     # The hot-query key names the split and the click log's version: new clicks, new batches.
-    blob = json.dumps([store.manifest.version, hot_queries_path(root, test_days, text_cfg.hot_k).name,
+    blob = json.dumps([LAYOUT, store.manifest.version, hot_queries_path(root, test_days, text_cfg.hot_k).name,
                        dataclasses.asdict(batches), dataclasses.asdict(text_cfg)], sort_keys=True)  # fmt: skip
     out = Path(root).resolve() / BATCHES_DIR / hashlib.sha256(blob.encode()).hexdigest()[:12]
     if (out / DONE).is_file():

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from ace_ray.data.feature_table import FeatureTable
+
 INDEX_FILE = "_index.json"
 
 
@@ -102,17 +104,21 @@ class EpochPlan:
         return asdict(self)
 
 
-def stream(plan: EpochPlan, epoch: int, rank: int, columns: list[str] | None = None,
-           skip: int = 0, lookahead: int = 4) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
+def stream(plan: EpochPlan, epoch: int, rank: int, columns: list[str] | None = None, skip: int = 0,
+           lookahead: int = 4, features: FeatureTable | None = None,
+           feature_columns: tuple[str, ...] = ()) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
     """Worker ``rank``'s micro-batches of ``epoch`` (numpy columns), after the first ``skip``: exactly
     ``plan.batches(epoch) - skip`` of them. Files are read in the plan's order by a background thread,
     ``lookahead`` files ahead of training (a Ray Data execution per worker and epoch cost seconds of
-    scheduling for what is a sequential read of a few files)."""
+    scheduling for what is a sequential read of a few files). With ``features``, the same thread adds the
+    ``feature_columns`` ("patches", "pixels") of every row's ``feature_row`` from that feature table."""
     total = plan.batches(epoch)
     if skip >= total:
         return
     paths = [f"{plan.directory}/{plan.files[i]}" for i in plan.shard(epoch, rank)]
-    read = functools.partial(_read_columns, columns=columns)
+    read = functools.partial(
+        _read_columns, columns=columns, features=features, feature_columns=feature_columns
+    )
     chunk = plan.rows_per_batch * max(1, plan.window)
     done, window, buffer = 0, 0, None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-reader") as pool:
@@ -141,10 +147,16 @@ def _rows(columns: dict[str, np.ndarray]) -> int:
     return len(next(iter(columns.values())))
 
 
-def _read_columns(path: str, columns: list[str] | None) -> dict[str, np.ndarray]:
+def _read_columns(path: str, columns: list[str] | None, features: FeatureTable | None = None,
+                  feature_columns: tuple[str, ...] = ()) -> dict[str, np.ndarray]:  # fmt: skip
     """One Parquet file (local path or URI) as numpy columns, as Ray Data's numpy batches hold them:
-    tensors as ndarrays [rows, ...], lists and bytes as object arrays."""
+    tensors as ndarrays [rows, ...], lists and bytes as object arrays; plus the feature columns gathered
+    by ``feature_row``."""
     import ray.data  # noqa: F401  (registers Ray's tensor extension types, so tensors read as tensors)
 
     table = pq.read_table(path, columns=columns)
-    return {n: table.column(n).combine_chunks().to_numpy(zero_copy_only=False) for n in table.column_names}
+    out = {n: table.column(n).combine_chunks().to_numpy(zero_copy_only=False) for n in table.column_names}
+    if features is not None:
+        rows = np.stack(out["feature_row"]) if out["feature_row"].dtype == object else out["feature_row"]
+        out.update({name: features.gather(rows, name) for name in feature_columns})
+    return out

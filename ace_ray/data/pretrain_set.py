@@ -6,7 +6,9 @@ Pairing inside the batch means the stream carries each product's image once per 
 ``1 + negatives`` times; the negatives are still a fresh shuffle every batch. The products are split once,
 by a hash of their id, into a training part and a held-out part (for TIP accuracy and MLM loss on pairs
 training never saw), and written as Parquet files of about ``ROWS_PER_FILE`` products that the training workers
-deal among themselves in a new order every epoch (``ace_ray.data.plan``).
+deal among themselves in a new order every epoch (``ace_ray.data.plan``). The files hold ids, title tokens
+and each product's row in the store's feature table (``ace_ray.data.feature_table``), not a copy of its
+features: those are gathered when a batch is read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ray
 from ace_ray.config import TextConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
+from ace_ray.data.feature_table import for_store
 from ace_ray.data.plan import file_index
 from ace_ray.data.validate import load_clean
 
@@ -55,7 +58,9 @@ def is_held_out(product_ids: pd.Series, share: float, seed: int) -> np.ndarray:
     return (h % 10_000) < int(round(share * 10_000))
 
 
-LAYOUT = 2  # 2: products bucketed by a hash of their id, sorted inside each file (the same files every build)
+# 2: products bucketed by a hash of their id, sorted inside each file (the same files every build);
+# 3: feature-table rows instead of the features
+LAYOUT = 3
 
 
 def _key(store: fs.FeatureStore, cfg: TextConfig, holdout: float, seed: int) -> str:
@@ -66,7 +71,7 @@ def _key(store: fs.FeatureStore, cfg: TextConfig, holdout: float, seed: int) -> 
 def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig, holdout: float,
                        seed: int) -> Path:  # fmt: skip
     """Write (or reuse) ``<root>/pretrain_sets/<key>/{split=train,split=holdout}/`` with one row per
-    featurised product: product_id, title_ids, title_mask, patch_features, pixels."""
+    featurised product: product_id, title_ids, title_mask, feature_row."""
     root = Path(root).resolve()
     out = root / SETS_DIR / _key(store, cfg, holdout, seed)
     if (out / DONE).is_file():
@@ -80,7 +85,7 @@ def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig
         split=np.where(is_held_out(products["product_id"], holdout, seed), "holdout", "train"),
         bucket=[zlib.crc32(str(p).encode()) % buckets for p in products["product_id"]],
     )
-    feats = store.dataset(["patch_features", "pixels"])
+    feats = ray.data.from_pandas(for_store(store).ids.rename(columns={"row": "feature_row"}))
 
     def tokenize(batch: pd.DataFrame) -> pd.DataFrame:
         t = text.encode(batch["title"].tolist(), cfg.max_title, cfg.tokenizer)

@@ -28,6 +28,7 @@ from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.batching import cached_finetune_batches, normalise_pixels
 from ace_ray.data.clicks import train_split
+from ace_ray.data.feature_table import for_store
 from ace_ray.data.plan import EpochPlan
 from ace_ray.eval.validation import ValidationSet, build_validation_set, pool_rows, validation_recall
 from ace_ray.model.objective import Objective, false_negative_mask, game_stats, inbatch_accuracy
@@ -40,8 +41,9 @@ LOG_KEYS = ("loss", "main", "adv", "d_acc", "centroid_gap", "inbatch_acc", "fals
             "image_share")  # fmt: skip
 
 
-def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload) -> dict:
-    """One row of the fine-tune stream (a whole batch, numpy) -> tensors for the towers."""
+def make_batch(raw: dict, w: Workload) -> dict:
+    """One row of the fine-tune stream (a whole batch, numpy, with its gathered ``patches`` and ``pixels``)
+    -> tensors for the towers."""
     batch = {k: torch.from_numpy(np.asarray(raw[k][0]).astype(np.int64)) for k in TEXT_COLUMNS}
     if w.model.patches:
         batch["patches"] = torch.from_numpy(np.asarray(raw["patches"][0], np.float32))
@@ -105,8 +107,8 @@ class FinetuneTask(loop.Task):
         self.disc = DomainClassifier(ft.embed_dim, adv.disc_hidden).to(device) if adv.mode != "none" else None
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=adv.disc_lr) if self.disc else None
         self.disc_steps = Counter()
-        self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", *(["patches"] if w.model.patches else []),
-                        *(["pixels"] if w.model.pixels else [])]  # fmt: skip
+        self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", "feature_row"]
+        self.features = tuple(k for k in ("patches", "pixels") if getattr(w.model, k))
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.validation, self.rank = None, ray.train.get_context().get_world_rank()
         if config.get("validation"):
@@ -118,7 +120,7 @@ class FinetuneTask(loop.Task):
         return int(raw["batch_id"][0])
 
     def forward(self, raw, seed, step):
-        batch = make_batch(raw, self.manifest, self.w)
+        batch = make_batch(raw, self.w)
         ids = batch.pop("product_id")
         mask, counts = false_negative_mask(ids, batch["query_ids"])
         if not self.w.finetune.mask_false_negatives:
@@ -244,7 +246,8 @@ def run_finetune(w: Workload, run_name: str | None = None, trial: dict | None = 
         loop_config = {"workload": to_dict(w), "manifest": dataclasses.asdict(store.manifest), "use_gpu": use_gpu,
                        "total_steps": total, "plan": plan.to_dict(), "tracking_uri": tracking.tracking_uri(w),
                        "mlflow_run_id": run.info.run_id, "split": split,
-                       "store_path": str(store.path), "validation": validation.to_dict() if validation else None}  # fmt: skip
+                       "store_path": str(store.path), "feature_table": str(for_store(store).path),
+                       "validation": validation.to_dict() if validation else None}  # fmt: skip
         val = (
             f", validating on {len(validation.queries):,} queries of {w.data.val_days} day(s)"
             if validation

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ace_ray.data.feature_table import FeatureTable
 from ace_ray.data.plan import EpochPlan, seed_for, stream
 from ace_ray.train import checkpoints, worker
 
@@ -28,6 +29,7 @@ class Task:
     tag = "train"
     log_keys: tuple[str, ...] = ("loss",)
     columns: list[str] | None = None  # stored columns the task reads
+    features: tuple[str, ...] = ()  # feature-table arrays gathered by the rows' feature_row
     model: torch.nn.Module  # DDP-wrapped by ``ray.train.torch.prepare_model``
 
     def forward(self, raw: dict, seed: int, step: int) -> tuple[torch.Tensor, dict[str, float], int]:
@@ -91,6 +93,7 @@ def run(task: Task, config: dict, tc, rank: int, world: int, device: torch.devic
     """Train ``task`` to ``config["total_steps"]`` optimiser steps over ``config["plan"]``; the result of
     rank 0 (steps, steps repeated after failures, samples/s, last loss and the task's own figures)."""
     plan = EpochPlan(**config["plan"])
+    table = FeatureTable(config["feature_table"]) if task.features else None
     total = config["total_steps"]
     model = task.model
     opt, sched = worker.optimizer_and_schedule(model, tc, total)
@@ -106,7 +109,8 @@ def run(task: Task, config: dict, tc, rank: int, world: int, device: torch.devic
         if plan.batches(pos.epoch) == 0:  # the driver checks epoch 0; a later epoch's deal could be short
             raise ValueError(f"epoch {pos.epoch} gives no whole step per worker: use fewer workers")
         fingerprints: list[int] = []
-        for raw in stream(plan, pos.epoch, rank, task.columns, skip=pos.micro):
+        for raw in stream(plan, pos.epoch, rank, task.columns, skip=pos.micro, features=table,
+                          feature_columns=task.features):  # fmt: skip
             seed = seed_for(tc.seed, rank, pos.epoch, pos.micro)
             torch.manual_seed(seed)  # dropout and any draw the task makes
             sync = (pos.micro + 1) % tc.grad_accum == 0

@@ -21,7 +21,7 @@ import torch
 from ace_ray import tracking
 from ace_ray.config import ConfigError, Workload, to_dict
 from ace_ray.data import feature_store as fs
-from ace_ray.data import text
+from ace_ray.data import feature_table, text
 from ace_ray.data.batching import normalise_pixels
 from ace_ray.data.plan import EpochPlan, seed_for
 from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, read_holdout, set_counts
@@ -45,8 +45,9 @@ def stack(column) -> np.ndarray:
     return np.stack([np.asarray(x) for x in column])
 
 
-def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload, seed: int) -> dict[str, torch.Tensor]:
-    """Products (numpy columns) -> pairs with masks and labels, all randomness drawn from ``seed``."""
+def make_batch(raw: dict, w: Workload, seed: int) -> dict[str, torch.Tensor]:
+    """Products (numpy columns: title tokens, and the gathered ``patches`` and ``pixels``) -> pairs with masks
+    and labels, all randomness drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     n = len(raw["product_id"])
@@ -59,12 +60,11 @@ def make_batch(raw: dict, manifest: fs.FeatureManifest, w: Workload, seed: int) 
     attn, ids, mlm_labels = trim_padding(attn, ids, mlm_labels)
     batch = {"title_ids": ids, "title_mask": attn, "mlm_labels": mlm_labels, "label": torch.from_numpy(label)}
     if w.model.patches:
-        p = torch.from_numpy(manifest.stack_patches(raw["patch_features"]).astype(np.float32))[ii]
+        p = torch.from_numpy(np.asarray(raw["patches"], np.float32))[ii]
         batch["patches"], batch["patch_masked"] = mask_patches(p, w.pretrain.mpm_prob, gen)
         batch["patch_target"] = p
     if w.model.pixels:
-        x = normalise_pixels(manifest.stack_pixels(raw["pixels"]))
-        batch["pixels"] = torch.from_numpy(x)[ii]
+        batch["pixels"] = torch.from_numpy(normalise_pixels(np.asarray(raw["pixels"])))[ii]
     return batch
 
 
@@ -84,23 +84,22 @@ def weighted_loss(out: dict, w: Workload, step: int) -> tuple[torch.Tensor, dict
 
 @torch.no_grad()
 def evaluate(
-    model: CEBertPretraining, holdout: pd.DataFrame, manifest, w: Workload, device
+    model: CEBertPretraining, holdout: dict[str, np.ndarray], w: Workload, device
 ) -> dict[str, float]:
     """Held-out MLM/MPM/TIP losses and TIP accuracy, with fixed masks and pairs (comparable across steps)."""
-    if len(holdout) < 2:
+    n = len(holdout.get("product_id", ()))
+    if n < 2:
         return {}
     was_training = model.training
     model.eval()
     size = products_per_batch(w)
     sums: dict[str, float] = {}
     correct = pairs = 0
-    chunks = [holdout.iloc[i : i + size] for i in range(0, len(holdout), size)]
-    chunks = [c for c in chunks if len(c) >= 2]
-    for i, chunk in enumerate(chunks):
-        raw = {c: chunk[c].to_numpy() for c in chunk.columns}
+    chunks = [{k: v[i : i + size] for k, v in holdout.items()} for i in range(0, n, size)]
+    chunks = [c for c in chunks if len(c["product_id"]) >= 2]
+    for i, raw in enumerate(chunks):
         batch = {
-            k: v.to(device)
-            for k, v in make_batch(raw, manifest, w, seed_for(w.pretrain.train.seed, "eval", i)).items()
+            k: v.to(device) for k, v in make_batch(raw, w, seed_for(w.pretrain.train.seed, "eval", i)).items()
         }
         out = model(batch)
         for k in LOSSES:
@@ -119,7 +118,8 @@ class PretrainTask(loop.Task):
 
     tag = "pretrain"
     log_keys = ("loss", *LOSSES, "tip_acc")
-    columns = ["product_id", "title_ids", "title_mask", "patch_features", "pixels"]
+    columns = ["product_id", "title_ids", "title_mask", "feature_row"]
+    features = ("patches", "pixels")
 
     def __init__(self, config: dict, w: Workload, manifest, rank: int, device):
         self.w, self.manifest, self.rank, self.device = w, manifest, rank, device
@@ -127,13 +127,18 @@ class PretrainTask(loop.Task):
         encoder = build_encoder(w.model, w.data.text.tokenizer, manifest.feature_dim, manifest.pixel_dim)
         self.model = ray.train.torch.prepare_model(CEBertPretraining(encoder, encoder.bert.config.vocab_size))
         self.core = checkpoints.unwrap(self.model)
-        self.holdout = (
-            read_holdout(config["set_path"], w.pretrain.max_holdout) if rank == 0 else pd.DataFrame()
-        )
+        self.holdout = {}
+        rows = read_holdout(config["set_path"], w.pretrain.max_holdout) if rank == 0 else pd.DataFrame()
+        if len(rows):
+            self.holdout = {
+                c: stack(rows[c]) if c != "product_id" else rows[c].to_numpy() for c in self.columns
+            }
+            table = feature_table.FeatureTable(config["feature_table"])
+            self.holdout |= {k: table.gather(self.holdout["feature_row"], k) for k in self.features}
         self.weights: dict[str, float] = {}
 
     def forward(self, raw, seed, step):
-        batch = {k: v.to(self.device) for k, v in make_batch(raw, self.manifest, self.w, seed).items()}
+        batch = {k: v.to(self.device) for k, v in make_batch(raw, self.w, seed).items()}
         out = self.model(batch)
         loss, self.weights = weighted_loss(out, self.w, step)
         acc = float(((out["tip_logits"] > 0).float() == batch["label"]).float().mean())
@@ -144,7 +149,7 @@ class PretrainTask(loop.Task):
         return {f"weight_{k}": v for k, v in self.weights.items()}
 
     def _heldout(self, step: int, log) -> dict:
-        res = evaluate(self.core, self.holdout, self.manifest, self.w, self.device)
+        res = evaluate(self.core, self.holdout, self.w, self.device)
         log.metrics(res, step, prefix="heldout_")
         return res
 
@@ -217,6 +222,7 @@ def run_pretrain(w: Workload, run_name: str | None = None) -> dict:
             "workload": to_dict(w),
             "manifest": dataclasses.asdict(store.manifest),
             "set_path": str(set_path),
+            "feature_table": str(feature_table.for_store(store).path),
             "use_gpu": use_gpu,
             "total_steps": total,
             "plan": plan.to_dict(),

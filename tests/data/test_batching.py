@@ -10,6 +10,7 @@ from ace_ray.config import BatchConfig, ClickModelConfig, FeaturesConfig, SynthC
 from ace_ray.data import feature_store as fs
 from ace_ray.data.batching import build_finetune_batches, finetune_pairs, normalise_pixels, plan_batches
 from ace_ray.data.clicks import check_split, clean_clicks, train_split
+from ace_ray.data.feature_table import for_store
 from ace_ray.data.features import build_features
 from ace_ray.data.hot_queries import build_hot_queries, hot_queries_path, read_hot_queries
 from ace_ray.data.plan import EpochPlan, _read_columns, file_index, stream
@@ -153,8 +154,23 @@ def test_every_pair_once_per_epoch_in_an_order_fixed_by_seed_and_epoch(featurise
     assert [int(pd.read_parquet(tmp_path / "batches" / f, columns=["batch_id"]).iloc[0, 0]) for f in plan.files] \
         == list(range(stats["batches"]))  # fmt: skip
     first = next(stream(plan, 0, 0))
-    assert first["patches"][0].shape[1:] == (4, 1280) and first["pixels"][0].shape[1:] == (49, 3072)
     assert first["query_ids"][0].shape == (len(first["pair_id"][0]), 16)
+    # The batches hold feature rows; read with the table, they hold the store's features of their products,
+    # as the batches that copied the features in did.
+    table = for_store(store)
+    ref = store.read(columns=["patch_features", "pixels"]).set_index("product_id")
+    for batch in stream(plan, 0, 0, features=table, feature_columns=("patches", "pixels")):
+        ids = list(batch["product_id"][0])
+        assert batch["patches"].shape == (1, len(ids), 4, 1280) and batch["pixels"].shape == (
+            1,
+            len(ids),
+            49,
+            3072,
+        )
+        np.testing.assert_array_equal(
+            batch["patches"][0], store.manifest.stack_patches(ref.loc[ids, "patch_features"])
+        )
+        np.testing.assert_array_equal(batch["pixels"][0], store.manifest.stack_pixels(ref.loc[ids, "pixels"]))
     every = EpochPlan.for_directory(tmp_path / "batches", 1, 1, seed=0, window=1)
     pair_ids = [int(p) for b in stream(every, 0, 0, ["pair_id"]) for p in b["pair_id"][0]]
     assert sorted(pair_ids) == list(range(stats["pairs"]))  # every pair is in exactly one batch

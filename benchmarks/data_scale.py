@@ -1,0 +1,226 @@
+"""How the training data's bytes, memory and read speed grow with the catalogue: products or clicks?
+
+    python benchmarks/data_scale.py [--sizes 10000 50000 200000] [--pairs-per-product 5] [--pixel-size 224]
+
+For each size: a synthetic catalogue (one small shared photo; clicks in proportion to the products, spread
+over 5 days, the last one the test day) and a feature store of random features of the real shapes (no CNN:
+RoI patch features 16 x 1280 float16, pixel patches of ``--pixel-size`` px in 32 px patches, uint8). Then
+the real code paths: validation, hot queries, the feature table, the fine-tuning batches (P=100, 64 pairs)
+and the pretraining set, and two Ray tasks reading the batches as two training workers do (rank 0 and 1 of
+an ``EpochPlan``, features gathered from the table). Reported, per size: bytes on disk per product and per
+pair, what the batches would hold if they still copied the features per pair (computed), the driver's peak
+RSS and the Ray processes' peak PSS while the data is built, and pairs/s into each of 2 training workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import psutil  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import ray  # noqa: E402
+from machine import record  # noqa: E402
+
+from ace_ray.config import BatchConfig, TextConfig  # noqa: E402
+from ace_ray.data import feature_store as fs  # noqa: E402
+from ace_ray.data.batching import cached_finetune_batches  # noqa: E402
+from ace_ray.data.feature_table import for_store  # noqa: E402
+from ace_ray.data.hot_queries import write_hot_queries  # noqa: E402
+from ace_ray.data.plan import EpochPlan, stream  # noqa: E402
+from ace_ray.data.pretrain_set import build_pretrain_set  # noqa: E402
+from ace_ray.data.schema import (
+    IMPRESSIONS_FILE,
+    IMPRESSIONS_SCHEMA,
+    PRODUCTS_FILE,
+    PRODUCTS_SCHEMA,
+    write_table,
+)  # noqa: E402
+from ace_ray.data.validate import validate  # noqa: E402
+from ace_ray.runtime import ensure_ray  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "data_scale.md"
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "striped",
+    "slim",
+    "classic",
+    "cotton",
+    "linen",
+    "summer",
+    "winter",
+]
+
+
+def make_catalogue(root: Path, n: int, pairs_per_product: float, seed: int) -> int:
+    """products.parquet, impressions.parquet (clicked rows only) and one shared photo; returns the clicks."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    cv2.imwrite(str(root / "images" / "p.jpg"), rng.integers(0, 255, (64, 64, 3), np.uint8))
+    cats = rng.integers(0, 40, n)
+    ids = np.array([f"p{i:07d}" for i in range(n)])
+    words = np.array(WORDS)[rng.integers(0, len(WORDS), (n, 3))]
+    titles = [f"{' '.join(w)} item {i}" for i, w in enumerate(words)]
+    write_table(pd.DataFrame({"product_id": ids, "title": titles, "category": [f"c{c}" for c in cats],
+                              "category_path": [f"all/c{c}" for c in cats], "image_path": "images/p.jpg"}),
+                root / PRODUCTS_FILE, PRODUCTS_SCHEMA)  # fmt: skip
+    m = int(n * pairs_per_product)
+    prod = rng.integers(0, n, m)
+    qword = rng.integers(0, len(WORDS), m)
+    queries = [f"{WORDS[q]} c{cats[p]}" for p, q in zip(prod, qword, strict=True)]
+    write_table(pd.DataFrame({"day": pd.Timestamp("2026-01-01").date() + pd.to_timedelta(rng.integers(0, 5, m), "D"),
+                              "session_id": [f"s{i}" for i in range(m)], "query": queries, "product_id": ids[prod],
+                              "position": 0, "clicked": True}),
+                root / IMPRESSIONS_FILE, IMPRESSIONS_SCHEMA)  # fmt: skip
+    return m
+
+
+def write_store(root: Path, n: int, pixel_size: int, seed: int) -> fs.FeatureStore:
+    """A published store of random features of the real shapes for products p0000000..; part by part."""
+    m = fs.FeatureManifest(backbone="random-benchmark", weights_sha256="0" * 64, roi=True, grid=4, feature_dim=1280,
+                           cnn_input=224, pixel_size=pixel_size, pixel_patch=32)  # fmt: skip
+    staging = fs.FeatureStore.create(root / "features", m)
+    rng = np.random.default_rng(seed)
+    step = 2000
+    for start in range(0, n, step):
+        k = min(step, n - start)
+        patches = rng.standard_normal((k, m.patches * m.feature_dim), np.float32).astype(fs.PATCH_DTYPE)
+        pixels = rng.integers(0, 256, (k, m.pixel_patches * m.pixel_dim), np.uint8)
+        pq.write_table(pa.table({"product_id": [f"p{i:07d}" for i in range(start, start + k)],
+                                 "status": [fs.OK] * k,
+                                 "patch_features": [r.tobytes() for r in patches],
+                                 "pixels": [r.tobytes() for r in pixels]}),
+                       staging / f"part-{start // step:05d}.parquet")  # fmt: skip
+    return fs.FeatureStore.publish(staging, m, {"products": n})
+
+
+class Peaks:
+    """Samples the driver's RSS and the Ray processes' summed PSS every ``every`` s; keeps the peaks."""
+
+    def __init__(self, every: float = 1.0):
+        self.every, self.driver, self.cluster = every, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.wait(self.every):
+            self.driver = max(self.driver, me.memory_info().rss)
+            pss = 0
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if p.pid != me.pid and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd):
+                    with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to read
+                        pss += p.memory_full_info().pss
+            self.cluster = max(self.cluster, pss)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+@ray.remote(num_cpus=1)
+def read_rate(plan: EpochPlan, rank: int, table, limit: int) -> tuple[int, float]:
+    """(pairs, seconds) of worker ``rank`` reading up to ``limit`` batches with their features."""
+    t0, pairs = time.perf_counter(), 0
+    for i, b in enumerate(stream(plan, 0, rank, ["batch_id", "query_ids", "title_ids", "hot_ids", "product_id",
+                                                  "feature_row"], features=table, feature_columns=("patches", "pixels"))):  # fmt: skip
+        pairs += b["patches"].shape[1]
+        if i + 1 >= limit:
+            break
+    return pairs, time.perf_counter() - t0
+
+
+def measure(tmp: Path, n: int, args) -> list:
+    root = tmp / f"shop{n}"
+    t0 = time.perf_counter()
+    clicks = make_catalogue(root, n, args.pairs_per_product, args.seed)
+    store = write_store(root, n, args.pixel_size, args.seed)
+    print(
+        f"[data_scale] {n:,} products, {clicks:,} clicks written in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    with Peaks() as peaks:
+        validate(root)
+        write_hot_queries(root, test_days=1)
+        t0 = time.perf_counter()
+        table = for_store(store)
+        t_table = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batches, counts = cached_finetune_batches(
+            root, store, 1, BatchConfig(batch_size=64, partitions=100), TextConfig()
+        )
+        t_batches = time.perf_counter() - t0
+        pretrain = build_pretrain_set(root, store, TextConfig(), holdout=0.02, seed=0)
+    plan = EpochPlan.for_directory(batches, 2, 1, 0, sort_column="batch_id", window=1)
+    rates = ray.get([read_rate.remote(plan, r, table, args.read_batches) for r in range(2)])
+    per_worker = min(p / s for p, s in rates)
+    pairs = counts["pairs"]
+    features = du(table.path)
+    rest = {"store (Parquet)": du(store.path) - features, "table": features, "batches": du(batches),
+            "pretrain set": du(pretrain)}  # fmt: skip
+    total = sum(rest.values())
+    old_batches = pairs * features / n  # the features copied once per pair, as the batches held them before
+    print(f"[data_scale] {n:,}: " + ", ".join(f"{k} {v / 2**20:,.0f} MB" for k, v in rest.items())
+          + f"; {pairs:,} pairs; table {t_table:.0f} s, batches {t_batches:.0f} s; driver peak "
+          f"{peaks.driver / 2**20:,.0f} MB, Ray PSS peak {peaks.cluster / 2**20:,.0f} MB; {per_worker:,.0f} pairs/s "
+          "per worker", flush=True)  # fmt: skip
+    return [f"{n:,}", f"{pairs:,}", f"{total / n / 1024:,.0f}", f"{rest['batches'] / pairs:,.0f}",
+            f"{(old_batches + du(batches)) / pairs / 1024:,.0f} KB", f"{peaks.driver / 2**20:,.0f}",
+            f"{peaks.cluster / 2**20:,.0f}", f"{t_table:.0f} / {t_batches:.0f}", f"{per_worker:,.0f}"]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
+    ap.add_argument(
+        "--pairs-per-product", type=float, default=5.0, help="the paper's 25M clicks / 4.7M products"
+    )
+    ap.add_argument("--pixel-size", type=int, default=224, help="smaller to fit big sizes on a small disk")
+    ap.add_argument("--read-batches", type=int, default=300, help="batches each worker reads for pairs/s")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tmp", default=None, help="where to build (needs ~2 x features x products of disk)")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    ensure_ray(None)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for n in args.sizes:
+            rows.append(measure(Path(tmp), n, args))
+    header = ["products", "pairs", "KB on disk / product (all)", "batch bytes / pair",
+              "old layout: batch bytes / pair", "driver peak RSS MB", "Ray PSS peak MB", "build s (table / batches)",
+              "pairs/s per worker (2 workers)"]  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    for r in rows:
+        print("| " + " | ".join(map(str, r)) + " |")
+    if not args.no_record:
+        cmd = "python benchmarks/data_scale.py " + " ".join(sys.argv[1:])
+        record(str(RESULTS), f"Data scale (pixel size {args.pixel_size}, {args.pairs_per_product} pairs/product)",
+               header, rows, cmd)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
