@@ -119,7 +119,6 @@ class PretrainTask(loop.Task):
     tag = "pretrain"
     log_keys = ("loss", *LOSSES, "tip_acc")
     columns = ["product_id", "title_ids", "title_mask", "feature_row"]
-    features = ("patches", "pixels")
 
     def __init__(self, config: dict, w: Workload, manifest, rank: int, device):
         self.w, self.manifest, self.rank, self.device = w, manifest, rank, device
@@ -127,6 +126,7 @@ class PretrainTask(loop.Task):
         encoder = build_encoder(w.model, w.data.text.tokenizer, manifest.feature_dim, manifest.pixel_dim)
         self.model = ray.train.torch.prepare_model(CEBertPretraining(encoder, encoder.bert.config.vocab_size))
         self.core = checkpoints.unwrap(self.model)
+        self.features = tuple(k for k in ("patches", "pixels") if getattr(w.model, k))
         self.holdout = {}
         rows = read_holdout(config["set_path"], w.pretrain.max_holdout) if rank == 0 else pd.DataFrame()
         if len(rows):
