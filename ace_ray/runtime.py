@@ -92,3 +92,27 @@ def run_bounded(
                 results[pending.pop(ref)] = ray.get(ref)
                 bar.update(1)
     return [results[i] for i in range(len(items))]
+
+
+def outside_placement_group(fn: Callable[..., T], *args) -> T:
+    """``fn(*args)``, run where the tasks it starts are not captured by the caller's placement group.
+
+    A Tune trial runs in a placement group that captures its child tasks, and it holds a fraction of a
+    CPU: a Ray Data job started there has tasks that ask for a whole CPU (Ray Data's shuffle map tasks set
+    no scheduling strategy) and fail with "cannot fit into any bundles". Run from a zero-CPU task with the
+    default strategy, the job's tasks use the CPUs the sweep leaves free for data instead.
+    """
+    if ray.util.get_current_placement_group() is None:
+        return fn(*args)
+    from ray.data import DataContext
+
+    task = ray.remote(num_cpus=0, scheduling_strategy="DEFAULT", max_retries=0)(_with_data_context)
+    return ray.get(task.remote(DataContext.get_current(), fn, *args))
+
+
+def _with_data_context(ctx, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` under the caller's Ray Data settings (a Data context is per process)."""
+    from ray.data import DataContext
+
+    DataContext._set_current(ctx)
+    return fn(*args)

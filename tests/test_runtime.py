@@ -1,7 +1,7 @@
 import pytest
 
 from ace_ray.config import Workload
-from ace_ray.runtime import run_bounded
+from ace_ray.runtime import outside_placement_group, run_bounded
 from ace_ray.tracking import tracking_uri
 
 
@@ -21,6 +21,32 @@ def test_run_bounded_keeps_item_order(ray_session):
         return x * x
 
     assert run_bounded(lambda x: square.remote(x), list(range(6)), workers=2) == [0, 1, 4, 9, 16, 25]
+
+
+def _whole_cpu_job() -> int:
+    """A job whose tasks ask for a whole CPU, as Ray Data's shuffle map tasks do."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1)(lambda: 7).remote())
+
+
+@pytest.mark.ray
+def test_a_job_started_in_a_quarter_cpu_placement_group_runs_outside_it(ray_session):
+    """A Tune trial holds a quarter CPU in a placement group that captures its tasks: a whole-CPU task
+    started there cannot be scheduled (the sweep's data-job failure); through the helper it runs."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = placement_group([{"CPU": 0.25}])
+    ray_session.get(pg.ready(), timeout=60)
+    strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+    trial = ray_session.remote(num_cpus=0.25, scheduling_strategy=strategy)
+    try:
+        with pytest.raises(Exception, match="cannot fit into any bundles"):
+            ray_session.get(trial(_whole_cpu_job).remote(), timeout=60)
+        assert ray_session.get(trial(lambda: outside_placement_group(_whole_cpu_job)).remote(), timeout=60) == 7
+    finally:
+        remove_placement_group(pg)
 
 
 def test_tracking_uri_default_is_absolute_sqlite_in_workspace(tmp_path, monkeypatch):

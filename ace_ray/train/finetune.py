@@ -33,7 +33,7 @@ from ace_ray.data.plan import EpochPlan
 from ace_ray.eval.validation import ValidationSet, build_validation_set, pool_rows, validation_recall
 from ace_ray.model.objective import Objective, false_negative_mask, game_stats, inbatch_accuracy
 from ace_ray.model.towers import DomainClassifier, build_towers, save_towers
-from ace_ray.runtime import ensure_ray
+from ace_ray.runtime import ensure_ray, outside_placement_group
 from ace_ray.train import checkpoints, loop, runner, worker
 
 TEXT_COLUMNS = ("query_ids", "query_mask", "title_ids", "title_mask", "hot_ids", "hot_mask")
@@ -228,7 +228,9 @@ def run_finetune(w: Workload, run_name: str | None = None, trial: dict | None = 
     root = w.path(w.data.root)
     store = fs.for_workload(w)
     held_out = w.data.held_out_days  # training reads neither the validation nor the test days
-    batch_dir, counts = cached_finetune_batches(root, store, held_out, w.data.batches, w.data.text)
+    # In a sweep's trial, the batches are built outside the trial's placement group (see the helper).
+    batch_dir, counts = outside_placement_group(cached_finetune_batches, root, store, held_out, w.data.batches,
+                                                w.data.text)  # fmt: skip
     plan, total = plan_steps(w, batch_dir, tc.workers)
     validation = build_validation_set(root, store, w.data.test_days, w.data.val_days, ft.val_k, ft.val_products,
                                       tc.seed)  # fmt: skip
