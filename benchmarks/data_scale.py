@@ -4,7 +4,9 @@
 
 For each size: a synthetic catalogue (one small shared photo; clicks in proportion to the products, spread
 over 5 days, the last one the test day) and a feature store of random features of the real shapes (no CNN:
-RoI patch features 16 x 1280 float16, pixel patches of ``--pixel-size`` px in 32 px patches, uint8). Then
+RoI patch features 16 x 1280 float16; pixel patches of ``--pixel-size`` px in 32 px patches, uint8, cut from a
+photo-like image: a white background around a smooth random colour field with a little noise, which the
+table's PNG compresses about as well as fashion-products' real photos). Then
 the real code paths: validation, hot queries, the feature table, the fine-tuning batches (P=100, 64 pairs)
 and the pretraining set, and two Ray tasks reading the batches as two training workers do (rank 0 and 1 of
 an ``EpochPlan``, features gathered from the table). Reported, per size: bytes on disk per product and per
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import tempfile
 import threading
@@ -38,6 +41,7 @@ from ace_ray.data import feature_store as fs  # noqa: E402
 from ace_ray.data.batching import cached_finetune_batches  # noqa: E402
 from ace_ray.data.feature_table import for_store  # noqa: E402
 from ace_ray.data.hot_queries import write_hot_queries  # noqa: E402
+from ace_ray.data.images import image_to_patches  # noqa: E402
 from ace_ray.data.plan import EpochPlan, stream  # noqa: E402
 from ace_ray.data.pretrain_set import build_pretrain_set  # noqa: E402
 from ace_ray.data.schema import (
@@ -83,11 +87,24 @@ def make_catalogue(root: Path, n: int, pairs_per_product: float, seed: int) -> i
     prod = rng.integers(0, n, m)
     qword = rng.integers(0, len(WORDS), m)
     queries = [f"{WORDS[q]} c{cats[p]}" for p, q in zip(prod, qword, strict=True)]
-    write_table(pd.DataFrame({"day": pd.Timestamp("2026-01-01").date() + pd.to_timedelta(rng.integers(0, 5, m), "D"),
+    write_table(pd.DataFrame({"day": (pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, 5, m), "D")).date,
                               "session_id": [f"s{i}" for i in range(m)], "query": queries, "product_id": ids[prod],
                               "position": 0, "clicked": True}),
                 root / IMPRESSIONS_FILE, IMPRESSIONS_SCHEMA)  # fmt: skip
     return m
+
+
+def _photo(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A product-photo-like image: a white background and, on its middle, a smooth random colour field
+    with +-2 levels of noise (PNG compresses it about as it does fashion-products' photos; noise it would not)."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    a, b = size // 5, size - size // 5
+    field = cv2.resize(
+        rng.integers(0, 256, (6, 6, 3), np.uint8), (b - a, b - a), interpolation=cv2.INTER_CUBIC
+    )
+    noisy = field.astype(np.int16) + rng.integers(-2, 3, field.shape, np.int16)
+    img[a:b, a:b] = np.clip(noisy, 0, 255).astype(np.uint8)
+    return img
 
 
 def write_store(root: Path, n: int, pixel_size: int, seed: int) -> fs.FeatureStore:
@@ -100,7 +117,7 @@ def write_store(root: Path, n: int, pixel_size: int, seed: int) -> fs.FeatureSto
     for start in range(0, n, step):
         k = min(step, n - start)
         patches = rng.standard_normal((k, m.patches * m.feature_dim), np.float32).astype(fs.PATCH_DTYPE)
-        pixels = rng.integers(0, 256, (k, m.pixel_patches * m.pixel_dim), np.uint8)
+        pixels = np.stack([image_to_patches(_photo(rng, pixel_size), 32).reshape(-1) for _ in range(k)])
         pq.write_table(pa.table({"product_id": [f"p{i:07d}" for i in range(start, start + k)],
                                  "status": [fs.OK] * k,
                                  "patch_features": [r.tobytes() for r in patches],
@@ -110,7 +127,7 @@ def write_store(root: Path, n: int, pixel_size: int, seed: int) -> fs.FeatureSto
 
 
 class Peaks:
-    """Samples the driver's RSS and the Ray processes' summed PSS every ``every`` s; keeps the peaks."""
+    """Samples the driver's RSS and its local Ray's summed PSS every ``every`` s; keeps the peaks."""
 
     def __init__(self, every: float = 1.0):
         self.every, self.driver, self.cluster = every, 0, 0
@@ -122,11 +139,10 @@ class Peaks:
         while not self._stop.wait(self.every):
             self.driver = max(self.driver, me.memory_info().rss)
             pss = 0
-            for p in psutil.process_iter(["cmdline"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if p.pid != me.pid and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd):
-                    with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to read
-                        pss += p.memory_full_info().pss
+            # The local Ray this script started is its descendants (not another job's Ray on the machine).
+            for p in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to read
+                    pss += p.memory_full_info().pss
             self.cluster = max(self.cluster, pss)
 
     def __enter__(self):
@@ -183,12 +199,14 @@ def measure(tmp: Path, n: int, args) -> list:
     rest = {"store (Parquet)": du(store.path) - features, "table": features, "batches": du(batches),
             "pretrain set": du(pretrain)}  # fmt: skip
     total = sum(rest.values())
-    old_batches = pairs * features / n  # the features copied once per pair, as the batches held them before
+    m = store.manifest
+    raw = m.patches * m.feature_dim * 2 + m.pixel_patches * m.pixel_dim  # a product's features, uncompressed
+    old_batches = pairs * raw  # the features copied once per pair, as the batches held them before
     print(f"[data_scale] {n:,}: " + ", ".join(f"{k} {v / 2**20:,.0f} MB" for k, v in rest.items())
           + f"; {pairs:,} pairs; table {t_table:.0f} s, batches {t_batches:.0f} s; driver peak "
           f"{peaks.driver / 2**20:,.0f} MB, Ray PSS peak {peaks.cluster / 2**20:,.0f} MB; {per_worker:,.0f} pairs/s "
           "per worker", flush=True)  # fmt: skip
-    return [f"{n:,}", f"{pairs:,}", f"{total / n / 1024:,.0f}", f"{rest['batches'] / pairs:,.0f}",
+    return [f"{n:,}", f"{pairs:,}", f"{total / n / 1024:,.0f}", f"{features / n / 1024:,.1f}", f"{rest['batches'] / pairs:,.0f}",
             f"{(old_batches + du(batches)) / pairs / 1024:,.0f} KB", f"{peaks.driver / 2**20:,.0f}",
             f"{peaks.cluster / 2**20:,.0f}", f"{t_table:.0f} / {t_batches:.0f}", f"{per_worker:,.0f}"]  # fmt: skip
 
@@ -210,7 +228,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for n in args.sizes:
             rows.append(measure(Path(tmp), n, args))
-    header = ["products", "pairs", "KB on disk / product (all)", "batch bytes / pair",
+            shutil.rmtree(Path(tmp) / f"shop{n}")  # the next size needs the disk
+    header = ["products", "pairs", "KB on disk / product (all)", "table KB / product", "batch bytes / pair",
               "old layout: batch bytes / pair", "driver peak RSS MB", "Ray PSS peak MB", "build s (table / batches)",
               "pairs/s per worker (2 workers)"]  # fmt: skip
     print("| " + " | ".join(header) + " |")

@@ -167,8 +167,19 @@ def pixel_patches(img: np.ndarray, size: int = 224, patch: int = 32) -> np.ndarr
     if size % patch:
         raise ValueError(f"image size {size} is not a multiple of the patch size {patch}")
     rgb = cv2.cvtColor(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-    n = size // patch
-    return rgb.reshape(n, patch, n, patch, 3).transpose(0, 2, 1, 3, 4).reshape(n * n, patch * patch * 3)
+    return image_to_patches(rgb, patch)
+
+
+def image_to_patches(img: np.ndarray, patch: int) -> np.ndarray:
+    """A square [n*patch, n*patch, 3] image -> its n*n patches, row-major, each patch*patch*3 flattened."""
+    n = img.shape[0] // patch
+    return img.reshape(n, patch, n, patch, 3).transpose(0, 2, 1, 3, 4).reshape(n * n, patch * patch * 3)
+
+
+def patches_to_image(p: np.ndarray, patch: int) -> np.ndarray:
+    """The inverse of ``image_to_patches``."""
+    n = int(round(len(p) ** 0.5))
+    return p.reshape(n, n, patch, patch, 3).transpose(0, 2, 1, 3, 4).reshape(n * patch, n * patch, 3)
 
 
 def iou(a: Box, b: Box) -> float:
