@@ -44,7 +44,9 @@ def test_a_job_started_in_a_quarter_cpu_placement_group_runs_outside_it(ray_sess
     try:
         with pytest.raises(Exception, match="cannot fit into any bundles"):
             ray_session.get(trial(_whole_cpu_job).remote(), timeout=60)
-        assert ray_session.get(trial(lambda: outside_placement_group(_whole_cpu_job)).remote(), timeout=60) == 7
+        assert (
+            ray_session.get(trial(lambda: outside_placement_group(_whole_cpu_job)).remote(), timeout=60) == 7
+        )
     finally:
         remove_placement_group(pg)
 
