@@ -73,26 +73,26 @@ def _progress_lines(total: int, metric: str):
     ``[tune] 3/8 trials done (1 stopped early) | <id> val 0.41 | a=1 b=2`` (Tune is imported lazily)."""
     from ray.tune import Callback
 
-    class Line(Callback):
-        def __init__(self):
-            self.done, self.early = 0, 0
+    def early(trial) -> bool:
+        last = trial.last_result or {}
+        return last.get("step", 0) < last.get("total_steps", 0)
 
+    class Line(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._line(trial, "done")
+            self._line(trials, trial, "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trial, "failed")
+            self._line(trials, trial, "failed")
 
-        def _line(self, trial, what):
-            self.done += 1
+        def _line(self, trials, trial, what):
+            # Counted from all the trials, so a resumed sweep counts the ones finished before it stopped.
+            ended = [t for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR")] + [trial]
             last = trial.last_result or {}
-            early = last.get("step", 0) < last.get("total_steps", 0)
-            self.early += early
             params = " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in (trial.config or {}).items())
             value = last.get(metric)
-            print(f"[tune] {self.done}/{total} trials {what} ({self.early} stopped early) | {trial.trial_id} "
-                  f"{metric} {value if value is None else f'{value:.4f}'} at step {last.get('step')}"
-                  f"{' (stopped early)' if early else ''} | {params}", flush=True)  # fmt: skip
+            print(f"[tune] {len(ended)}/{total} trials {what} ({sum(map(early, ended))} stopped early) | "
+                  f"{trial.trial_id} {metric} {value if value is None else f'{value:.4f}'} at step "
+                  f"{last.get('step')}{' (stopped early)' if early(trial) else ''} | {params}", flush=True)  # fmt: skip
 
     return Line()
 

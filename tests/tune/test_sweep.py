@@ -67,7 +67,7 @@ def _children(parent: str) -> list:
                               filter_string=f"tags.mlflow.parentRunId = '{parent}'")  # fmt: skip
 
 
-def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp_path):
+def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp_path, capsys):
     shop = featurised_shop[1]
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     (tmp_path / "space.yaml").write_text(SPACE)
@@ -106,7 +106,10 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
     assert not (sweep / "final.json").exists() and not (sweep / "best.yaml").exists()
     first = finished[0]
 
+    capsys.readouterr()
     assert main(["tune", "--resume", str(sweep), *_args(shop, tmp_path)]) == 0
+    # The resumed sweep's progress lines count the trials finished before it stopped.
+    assert "[tune] 4/4 trials" in capsys.readouterr().out
 
     (parent,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                    filter_string="tags.stage = 'tune'")  # fmt: skip
