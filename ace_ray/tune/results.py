@@ -142,13 +142,10 @@ def write(grid, space: Space, base: Workload, path: Path, parent_run_id: str) ->
     return summary
 
 
-def write_report(space: Space, base: Workload, path: Path, summary: dict, table: pd.DataFrame | None = None,
-                 curves: dict | None = None) -> Path:  # fmt: skip
+def write_report(space: Space, base: Workload, path: Path, summary: dict, table: pd.DataFrame,
+                 curves: dict[str, pd.DataFrame]) -> Path:  # fmt: skip
     """report.md: the best configuration, the test-day evaluation when done, the trials and the plots."""
-    if table is None:
-        table = pd.read_csv(path / "trials.csv")
-        curves = {}
-    figs = plots(space, table, curves or {}, path) if curves is not None else []
+    figs = plots(space, table, curves, path)
     m = space.metric
     shown = table.sort_values(m, ascending=space.mode == "min", na_position="last")
     cols = [c for c in shown.columns if c not in ("trial_id", "error")]

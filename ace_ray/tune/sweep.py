@@ -195,8 +195,9 @@ def run_sweep(w: Workload, space_path: str | Path | None = None, resume: str | P
             raise SystemExit(130)
         summary = results.write(grid, space, base, path, run.info.run_id)
         if space.final_test and "final" not in summary:
-            summary["final"] = results.final_test(base, path, summary, space.compare)
-            results.write_report(space, base, path, summary)
+            results.final_test(base, path, summary, space.compare)
+            # The report again, from the grid (the trials' curves), now with the test days' figures.
+            summary = results.write(grid, space, base, path, run.info.run_id)
         tracking.log_metrics({f"best_{space.metric}": summary["best_value"], "trials": summary["trials"],
                               "stopped_early": summary["stopped_early"],
                               **{f"test/{k}": v for k, v in summary.get("final", {}).get("metrics", {}).items()}})  # fmt: skip
