@@ -9,6 +9,7 @@ and state APIs, MLflow): this process never joins that cluster, so the suite's s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -64,9 +65,8 @@ def _job_logs(dashboard: str, job: str) -> str:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="scripts/local_cluster.py finds its processes in /proc")
-# Opt-in for now: two Ray nodes, an MLflow server and the suite's own Ray on one 2-core machine took 676 s
-# when it passed and, at a load of 20-40, failed to start the second node (GCS deadline); not yet measured
-# on a quiet machine, so it is kept out of the 20-minute suite until it is (issue 17).
+# Opt-in: 155 s on a quiet 2-core machine (cluster up 18 s), but the suite is already 1,397 s there,
+# over its 20 minutes, so this stays out of `make test` until the suite is trimmed (issue 17).
 @pytest.mark.skipif(
     os.environ.get("ACE_RAY_CLUSTER_TEST") != "1", reason="opt in with ACE_RAY_CLUSTER_TEST=1"
 )
@@ -97,10 +97,16 @@ def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp
                                     "--no-wait", "--", *cmd], capture_output=True, text=True, timeout=120)  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr[-3000:]
 
-        # Stop the second node once the first checkpoint is on the shared storage.
+        # Stop the second node once Ray Train has registered the first checkpoint (every rank reported it):
+        # a checkpoint folder on the storage is not enough, since rank 0 writes it before rank 1 reports,
+        # and a node lost in between restarts the run from step 0.
         def checkpoint():
             assert _job_status(dash, job) in ("PENDING", "RUNNING"), _job_logs(dash, job)[-5000:]
-            return list(shared.glob("runs/pretrain-*/checkpoint_*/state.pt"))
+            for snap in shared.glob("runs/pretrain-*/checkpoint_manager_snapshot.json"):
+                with contextlib.suppress(ValueError, OSError):  # being rewritten
+                    if json.loads(snap.read_text())["checkpoint_results"]:
+                        return True
+            return False
 
         _wait("a checkpoint", checkpoint, timeout=900)
         t_ckpt = time.time() - t0
