@@ -120,8 +120,11 @@ def plots(
     return figs
 
 
-def write(grid, space: Space, base: Workload, path: Path, parent_run_id: str) -> dict:
-    """trials.csv, best.yaml and report.md in ``path``; child runs closed; the summary."""
+def write(
+    grid, space: Space, base: Workload, path: Path, parent_run_id: str
+) -> tuple[dict, pd.DataFrame, dict]:
+    """trials.csv and best.yaml in ``path``; child runs closed; (the summary, the trials table, each trial's
+    curve) for ``write_report``, which comes after the final test."""
     table, curves = trials_table(grid, space)
     table.to_csv(path / "trials.csv", index=False)
     _close_child_runs(base, table, parent_run_id)
@@ -138,8 +141,7 @@ def write(grid, space: Space, base: Workload, path: Path, parent_run_id: str) ->
     final = path / "final.json"
     if final.is_file():
         summary["final"] = json.loads(final.read_text())
-    write_report(space, base, path, summary, table, curves)
-    return summary
+    return summary, table, curves
 
 
 def write_report(space: Space, base: Workload, path: Path, summary: dict, table: pd.DataFrame,

@@ -193,11 +193,10 @@ def run_sweep(w: Workload, space_path: str | Path | None = None, resume: str | P
             print(f"[tune] interrupted with {unfinished} of {space.trials()} trials unfinished; nothing was chosen or "
                   f"tested. Continue with: ace-ray tune --resume {path}", flush=True)  # fmt: skip
             raise SystemExit(130)
-        summary = results.write(grid, space, base, path, run.info.run_id)
+        summary, table, curves = results.write(grid, space, base, path, run.info.run_id)
         if space.final_test and "final" not in summary:
-            results.final_test(base, path, summary, space.compare)
-            # The report again, from the grid (the trials' curves), now with the test days' figures.
-            summary = results.write(grid, space, base, path, run.info.run_id)
+            summary["final"] = results.final_test(base, path, summary, space.compare)
+        results.write_report(space, base, path, summary, table, curves)
         tracking.log_metrics({f"best_{space.metric}": summary["best_value"], "trials": summary["trials"],
                               "stopped_early": summary["stopped_early"],
                               **{f"test/{k}": v for k, v in summary.get("final", {}).get("metrics", {}).items()}})  # fmt: skip
