@@ -2,8 +2,9 @@
 
 Fine-tuning: the (query, clicked product) pairs of the train days are split at random into P partitions;
 inside a partition they are ordered by category; batches are cut from that order, so a batch holds mostly
-one category (hard in-batch negatives) when P is small and a random mix when P is large. The batch order is
-shuffled every epoch. Each written file holds one whole batch; the training workers deal the files among
+one category (hard in-batch negatives) when P is small and a random mix when P is large (``batch_plan``: every
+draw is a hash of the seed and the pair's row in the click log, so Ray Data computes the plan in pieces and
+no process holds a table of all pairs). The batch order is shuffled every epoch. Each written file holds one whole batch; the training workers deal the files among
 themselves by an ``EpochPlan`` (``ace_ray.data.plan``), so every worker trains on whole batches and every
 pair is seen once per epoch across all workers, in an order fixed by (seed, epoch).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,35 +28,21 @@ import pandas as pd
 import ray
 
 from ace_ray.config import BatchConfig, TextConfig
+from ace_ray.data import batch_plan as bp
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
-from ace_ray.data.clicks import clean_clicks
+from ace_ray.data.click_stream import impression_rows, read_train_clicks
 from ace_ray.data.feature_table import for_store
 from ace_ray.data.hot_queries import hot_queries_path, read_hot_queries
 from ace_ray.data.plan import file_index
-from ace_ray.data.validate import load_clean
+from ace_ray.data.validate import load_clean_products
 
 BATCHES_DIR = "finetune_batches"
 DONE = "_done.json"
-LAYOUT = 2  # 2: feature rows instead of the features themselves
+LAYOUT = 3  # 2: feature rows instead of the features themselves; 3: the plan drawn per pair (batch_plan)
 # ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
 PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def plan_batches(categories: np.ndarray, partitions: int, batch_size: int, seed: int) -> np.ndarray:
-    """Batch id of every pair: P random partitions, category order inside each, cut every ``batch_size``."""
-    if partitions < 1 or batch_size < 1:
-        raise ValueError(f"partitions ({partitions}) and batch_size ({batch_size}) must be at least 1")
-    rng = np.random.default_rng(seed)
-    n = len(categories)
-    part = rng.integers(0, partitions, n)
-    codes, uniques = pd.factorize(np.asarray(categories))
-    cat_rank = rng.permutation(len(uniques))[codes]  # category order is arbitrary, not alphabetical
-    order = np.lexsort((rng.random(n), cat_rank, part))
-    batch = np.empty(n, np.int64)
-    batch[order] = np.arange(n) // batch_size
-    return batch
 
 
 def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
@@ -63,33 +51,21 @@ def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
     return ((x - PIXEL_MEAN) / PIXEL_STD).reshape(pixels.shape)
 
 
-def finetune_pairs(root: str | Path, test_days: int,
-                   clean: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> pd.DataFrame:  # fmt: skip
-    """(pair_id, query, product_id, category) for every usable train-day click (``clean``: the catalogue's
-    ``load_clean`` when the caller already holds it)."""
-    clean = clean if clean is not None else load_clean(root)
-    products = clean[0]
-    clicks = clean_clicks(root, test_days, clean)
-    pairs = clicks.merge(products[["product_id", "category"]], on="product_id", how="inner")
-    pairs = pairs.sort_values(["day", "session_id", "product_id"], kind="stable").reset_index(drop=True)
-    return pairs.assign(pair_id=np.arange(len(pairs)))[["pair_id", "query", "product_id", "category"]]
-
-
 def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
     """One batch's rows -> one row of stacked arrays (tokens, the products' feature-table rows)."""
-    g = group.sort_values("pair_id")
+    g = group.sort_values("row")
     q = text.encode(g["query"].tolist(), cfg.max_query, cfg.tokenizer)
     t = text.encode(g["title"].tolist(), cfg.max_title, cfg.tokenizer)
     h = text.encode([text.join_hot_queries(x) for x in g["hot_queries"]], cfg.max_hot, cfg.tokenizer)
     row = {
         "batch_id": int(g["batch_id"].iloc[0]),
-        "pair_id": g["pair_id"].to_numpy(),
+        "pair_id": g["row"].to_numpy(),  # the pair's row in the click log
         "product_id": g["product_id"].astype(str).tolist(),
         "category": g["category"].astype(str).tolist(),
         "query_ids": q["input_ids"], "query_mask": q["attention_mask"],
         "title_ids": t["input_ids"], "title_mask": t["attention_mask"],
         "hot_ids": h["input_ids"], "hot_mask": h["attention_mask"],
-        "feature_row": g["row"].to_numpy(np.int64),
+        "feature_row": g["feature_row"].to_numpy(np.int64),
     }  # fmt: skip
     return pd.DataFrame([row])
 
@@ -101,40 +77,74 @@ def build_finetune_batches(
     batches: BatchConfig,
     text_cfg: TextConfig,
     out: str | Path,
+    shuffle_partitions: int | None = None,
 ) -> dict:
-    """Plan the batches, join pairs with their feature-table rows and hot queries, and write one row per
-    batch to ``out``. Pairs of products without features are left out (counted in the result).
+    """Plan the batches of the train-day clicks and write one row per batch to ``out``, all in Ray Data:
+    the click stream joined with the catalogue (category, title, feature-table row, hot queries), each pair's
+    draws, per-partition counts to the driver (O(P)), each partition numbered in its own task, then grouped
+    by batch. Pairs of products without features are left out (counted in the result).
+    ``shuffle_partitions``: of the join and the groupbys (default: from the click log's size).
 
     The join is done once; every epoch then reads the written batches (see ``ace_ray.data.plan``).
     """
     root = Path(root).resolve()
-    clean = load_clean(root)
-    products = clean[0]
-    pairs = finetune_pairs(root, test_days, clean)
-    pairs["batch_id"] = plan_batches(pairs["category"].to_numpy(), batches.partitions, batches.batch_size,
-                                     batches.seed)  # fmt: skip
-    pairs = pairs.merge(products[["product_id", "title"]], on="product_id")
-    rows = for_store(store).ids
-    hot = ray.data.from_pandas(read_hot_queries(root, test_days, text_cfg.hot_k).drop(columns=["hot_clicks"]))
-    n_parts = max(1, min(16, len(pairs) // 2000))
+    catalogue = _catalogue(root, store, test_days, text_cfg.hot_k)
+    # Each shuffle partition costs seconds of scheduling: one per 200k impressions (1 for a small shop).
+    parts = shuffle_partitions or max(1, min(64, impression_rows(root) // 200_000))
+    pairs = (
+        read_train_clicks(root, test_days)
+        .join(ray.data.from_pandas(catalogue), join_type="inner", num_partitions=parts, on=("product_id",))
+        .materialize()
+    )
+    total = pairs.count()
+    featured = pairs.map_batches(_drawn, batch_format="pandas", fn_args=(batches.partitions, batches.seed))
+    featured = featured.materialize()
+    counts = Counter()
+    for block in featured.map_batches(_count_parts, batch_format="pandas").iter_rows():
+        counts[int(block["part"])] += int(block["n"])
+    offsets, size = bp.partition_offsets(counts), batches.batch_size
     out = Path(out)
     if out.exists():
         for f in out.glob("*"):
             f.unlink()
     (
-        ray.data.from_pandas(pairs)
-        .join(ray.data.from_pandas(rows), join_type="inner", num_partitions=n_parts, on=("product_id",))
-        .join(hot, join_type="left_outer", num_partitions=n_parts, on=("product_id",))
-        # Ray's default of 200 reduce tasks stays: with fewer, one task writes batches of different lengths
-        # (the last of a partition is short) and Parquet cannot unify their pair_id tensor types.
-        .groupby("batch_id")
+        featured.groupby("part", num_partitions=parts)
+        .map_groups(
+            lambda g: bp.number_partition(g, offsets[int(g["part"].iloc[0])], size), batch_format="pandas"
+        )
+        # A task that holds the short last batch writes ragged tensors, the others fixed-shape ones: each
+        # file is read on its own (``plan.stream``), so both kinds are fine.
+        .groupby("batch_id", num_partitions=parts)
         .map_groups(lambda g: _assemble(g, text_cfg), batch_format="pandas")
         # One batch per file, so shuffling the files shuffles the batch order exactly.
         .write_parquet(str(out), max_rows_per_file=1)
     )
-    featurised = set(rows["product_id"])
-    return {"pairs": len(pairs), "pairs_with_features": int(pairs["product_id"].isin(featurised).sum()),
-            "batches": int(pairs["batch_id"].max() + 1) if len(pairs) else 0}  # fmt: skip
+    n = sum(counts.values())
+    return {"pairs": total, "pairs_with_features": n, "batches": -(-n // size)}
+
+
+def _catalogue(root: Path, store: fs.FeatureStore, test_days: int, hot_k: int) -> pd.DataFrame:
+    """Per validated product (O(products)): category, title, its row in the feature table (-1: no
+    features) and its hot queries of this split."""
+    products = load_clean_products(root)[["product_id", "category", "title"]]
+    rows = for_store(store).ids.rename(columns={"row": "feature_row"})
+    hot = read_hot_queries(root, test_days, hot_k)[["product_id", "hot_queries"]]
+    out = products.merge(rows, on="product_id", how="left").merge(hot, on="product_id", how="left")
+    return out.assign(
+        feature_row=out["feature_row"].fillna(-1).astype(np.int64),
+        hot_queries=out["hot_queries"].map(lambda q: list(q) if isinstance(q, list | np.ndarray) else []),
+    )
+
+
+def _drawn(frame: pd.DataFrame, partitions: int, seed: int) -> pd.DataFrame:
+    """The pairs of products with features, with their plan draws."""
+    return bp.with_draws(frame[frame["feature_row"] >= 0], partitions, seed)
+
+
+def _count_parts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pairs per partition in one block (the driver adds them up: O(P) a block)."""
+    counts = frame["part"].value_counts()
+    return pd.DataFrame({"part": counts.index.to_numpy(np.int64), "n": counts.to_numpy(np.int64)})
 
 
 def cached_finetune_batches(

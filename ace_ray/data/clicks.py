@@ -1,8 +1,9 @@
 """Training clicks: the clicked impressions of the train days, never a test day, never a quarantined row.
 
-Everything that feeds training (hot queries, fine-tune pairs) and evaluation's view of the train days (cold
-products, query bands) reads clicks through ``clean_clicks``, so the day split and the cleaning are done in
-one place, one way.
+Everything that reads the train days' clicks applies ``train_click_mask`` to rows the quarantine kept:
+``clean_clicks`` (a table, for evaluation's view of the train days: cold products, query bands) and the
+Ray Data stream of ``click_stream`` (hot queries, fine-tune pairs), so the day split and the cleaning are
+done one way.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -57,6 +59,12 @@ def clean_clicks(root: str | Path, test_days: int,
     root = Path(root).resolve()
     cutoff = first_test_day(root, test_days)
     products, imp = clean if clean is not None else load_clean(root)
-    day = pd.to_datetime(imp["day"]).dt.date
-    ok = imp["clicked"].astype(bool) & (day < cutoff) & imp["product_id"].isin(set(products["product_id"]))
+    ok = train_click_mask(imp, cutoff) & imp["product_id"].isin(set(products["product_id"])).to_numpy()
     return imp.loc[ok, ["day", "session_id", "query", "product_id"]].reset_index(drop=True)
+
+
+def train_click_mask(imp: pd.DataFrame, cutoff: dt.date) -> np.ndarray:
+    """Which impressions of ``imp`` (any slice of the log) are clicks before the first test day ``cutoff``:
+    the one definition ``clean_clicks`` and the click stream (``click_stream``) both apply."""
+    day = pd.to_datetime(imp["day"]).dt.date
+    return (imp["clicked"].astype(bool) & (day < cutoff)).to_numpy()

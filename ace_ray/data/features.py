@@ -22,7 +22,7 @@ from ace_ray.data import feature_store as fs
 from ace_ray.data.backbone import load_backbone
 from ace_ray.data.images import BadImage, decode, detect_roi, locate, pixel_patches, square_crop
 from ace_ray.data.schema import PRODUCTS_FILE
-from ace_ray.data.validate import file_sha256, load_clean
+from ace_ray.data.validate import file_sha256, load_clean_products
 
 _ROWS_PER_BLOCK = 256  # products per input block: small enough to spread over the decode tasks
 
@@ -112,7 +112,7 @@ def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None
     The store is written to a staging folder and published only when complete, so an interrupted run
     never leaves something later commands would take for features."""
     root = Path(root).resolve()
-    products, _ = load_clean(root)
+    products = load_clean_products(root)
     manifest = manifest_for(cfg)
     staging = fs.FeatureStore.create(Path(out or cfg.out or root / "features").resolve(), manifest)
     try:

@@ -1,7 +1,7 @@
 """Hot queries (paper 3.2): for each product the (at most) k most clicked queries of the train days.
 
-An aggregation of the cleaned train-day clicks: counts per (product, query) -> top k per product (pandas: a
-table of clicks, small next to the images; Ray Data's groupby cost more in scheduling). Products with no
+An aggregation of the cleaned train-day clicks: the click stream (``click_stream``) grouped by product in Ray
+Data, counts per query -> top k per product in each group, so no process holds the whole log. Products with no
 train-day clicks get no row (they have no hot queries, and are the cold products of evaluation). A table
 is stored per split (first test day, k, the click log's version), and every reader names the split it
 wants, so training and evaluation can only ever see the hot queries of their own train days.
@@ -17,21 +17,43 @@ from pathlib import Path
 
 import pandas as pd
 
-from ace_ray.data.clicks import clean_clicks, first_test_day
+from ace_ray.data.click_stream import impression_rows, read_train_clicks
+from ace_ray.data.clicks import first_test_day
 from ace_ray.data.schema import IMPRESSIONS_FILE, QUARANTINE_FILE
+from ace_ray.data.validate import load_clean_products
 
 HOT_QUERIES_DIR = "hot_queries"
 
 
-def build_hot_queries(root: str | Path, test_days: int, k: int = 10) -> pd.DataFrame:
-    """The hot-query table of catalogue ``root`` (product_id, hot_queries, hot_clicks): per product the k
-    queries with most train-day clicks, most first, ties broken by the query text (deterministic)."""
-    clicks = clean_clicks(root, test_days)
+def top_queries(clicks: pd.DataFrame, k: int) -> pd.DataFrame:
+    """(product_id, query) clicks -> (product_id, hot_queries, hot_clicks): per product the k queries with
+    most clicks, most first, ties broken by the query text (deterministic). A product's answer depends on
+    its own clicks only, so it is the same for one product's group as for the whole table."""
     counts = clicks.groupby(["product_id", "query"], sort=False).size().rename("clicks").reset_index()
     top = counts.sort_values(["product_id", "clicks", "query"], ascending=[True, False, True], kind="stable")
     top = top.groupby("product_id", sort=False).head(k)
     out = top.groupby("product_id", sort=True).agg(hot_queries=("query", list), hot_clicks=("clicks", list))
     return out.reset_index().assign(hot_clicks=lambda d: d["hot_clicks"].map(lambda c: [int(x) for x in c]))
+
+
+def build_hot_queries(root: str | Path, test_days: int, k: int = 10) -> pd.DataFrame:
+    """The hot-query table of catalogue ``root`` (product_id, hot_queries, hot_clicks) for the products of
+    the validated catalogue: the click stream grouped by product in Ray Data, ``top_queries`` per group."""
+    root = Path(root).resolve()
+    parts = max(1, min(64, impression_rows(root) // 500_000))
+    top = (
+        read_train_clicks(root, test_days)
+        .groupby("product_id", num_partitions=parts)
+        .map_groups(lambda g: top_queries(g, k), batch_format="pandas")
+        .to_pandas()
+    )
+    if top.empty:
+        return pd.DataFrame({"product_id": [], "hot_queries": [], "hot_clicks": []})
+    top = top[top["product_id"].isin(set(load_clean_products(root)["product_id"]))].sort_values("product_id")
+    # Plain Python values: Ray hands back Arrow-backed columns, whose dtypes pandas cannot read back.
+    return pd.DataFrame({"product_id": [str(p) for p in top["product_id"]],
+                         "hot_queries": [[str(q) for q in x] for x in top["hot_queries"]],
+                         "hot_clicks": [[int(c) for c in x] for x in top["hot_clicks"]]})  # fmt: skip
 
 
 def _key(root: Path, test_days: int, k: int) -> str:

@@ -27,7 +27,7 @@ from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.feature_table import for_store
 from ace_ray.data.plan import file_index
-from ace_ray.data.validate import load_clean
+from ace_ray.data.validate import load_clean_products
 
 SETS_DIR = "pretrain_sets"
 DONE = "_done.json"
@@ -76,7 +76,7 @@ def build_pretrain_set(root: str | Path, store: fs.FeatureStore, cfg: TextConfig
     out = root / SETS_DIR / _key(store, cfg, holdout, seed)
     if (out / DONE).is_file():
         return out
-    products, _ = load_clean(root)
+    products = load_clean_products(root)
     # Files are buckets by a hash of the product id, each sorted by id, so every build of the set holds the
     # same files with the same rows whatever the join's scheduling did, and a run's data order (which
     # deals whole files, see ace_ray.data.plan) is the same from one build to the next.

@@ -23,6 +23,8 @@ GROUND_TRUTH_FILE = "ground_truth.parquet"  # synth only: the true attributes; t
 MANIFEST_FILE = "catalogue.json"
 QUARANTINE_FILE = "quarantine.parquet"
 REPORT_FILE = "validation.json"
+# Rows per Parquet row group: the unit one task of the click stream reads (``click_stream``).
+ROW_GROUP_ROWS = 1 << 18
 IMAGES_DIR = "images"
 
 PRODUCTS_SCHEMA = pa.schema(
@@ -92,6 +94,13 @@ def required_columns(schema: pa.Schema) -> list[str]:
 
 def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
     """Read a Parquet table; a missing file or column is a ``SchemaError`` naming the file and column."""
+    check_columns(path, schema)
+    return pq.read_table(path).to_pandas()
+
+
+def check_columns(path: str | Path, schema: pa.Schema) -> None:
+    """A ``SchemaError`` naming the file and column unless ``path`` is a Parquet file with ``schema``'s
+    columns and text ids (reads the footer only)."""
     path = Path(path)
     if not path.is_file():
         raise SchemaError(f"{path}: file not found")
@@ -113,7 +122,6 @@ def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
                 f"{path}: column {col} holds {kind} values; ids must be text (`ace-ray import table` "
                 "converts them the same way in both tables)"
             )
-    return pq.read_table(path).to_pandas()
 
 
 def write_table(
@@ -134,7 +142,7 @@ def write_table(
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -260,15 +260,25 @@ def read_quarantine(root: str | Path) -> pd.DataFrame:
 def load_clean(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Products and impressions without their quarantined rows; the catalogue must have been validated,
     and not changed since."""
-    root = Path(root)
     q = read_quarantine(root)
-    products, imp = read_products(root), read_impressions(root)
-    drop_p = q.loc[q["file"] == PRODUCTS_FILE, "row"].to_numpy()
-    drop_i = q.loc[q["file"] == IMPRESSIONS_FILE, "row"].to_numpy()
-    return (
-        products.drop(index=products.index[drop_p]).reset_index(drop=True),
-        imp.drop(index=imp.index[drop_i]).reset_index(drop=True),
+    imp = read_impressions(root)
+    return _without(read_products(root), quarantined_rows(q, PRODUCTS_FILE)), _without(
+        imp, quarantined_rows(q, IMPRESSIONS_FILE)
     )
+
+
+def load_clean_products(root: str | Path) -> pd.DataFrame:
+    """The products without their quarantined rows, without reading the click log."""
+    return _without(read_products(root), quarantined_rows(read_quarantine(root), PRODUCTS_FILE))
+
+
+def quarantined_rows(quarantine: pd.DataFrame, file: str) -> np.ndarray:
+    """The quarantined row numbers of ``file``, sorted."""
+    return np.sort(quarantine.loc[quarantine["file"] == file, "row"].to_numpy(np.int64))
+
+
+def _without(table: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    return table.drop(index=table.index[rows]).reset_index(drop=True)
 
 
 def format_report(report: Report, max_rows: int = 40) -> str:

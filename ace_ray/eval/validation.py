@@ -18,7 +18,7 @@ import torch
 from ace_ray.data import feature_store as fs
 from ace_ray.data.clicks import first_test_day
 from ace_ray.data.hot_queries import read_hot_queries
-from ace_ray.data.validate import load_clean
+from ace_ray.data.validate import load_clean, load_clean_products
 from ace_ray.eval.metrics import recall_at_k
 
 
@@ -71,7 +71,7 @@ def build_validation_set(root: str | Path, store: fs.FeatureStore, test_days: in
 def pool_rows(vs: ValidationSet, root: str | Path, store_path: str | Path, held_out_days: int,
               hot_k: int) -> pd.DataFrame:  # fmt: skip
     """What the product tower reads for the pool: title, hot queries (of the training split), features."""
-    products, _ = load_clean(root)
+    products = load_clean_products(root)
     store = fs.FeatureStore(store_path)
     feats = store.read(columns=["patch_features", "pixels"], ids=vs.pool)  # the pool's rows only
     rows = pd.DataFrame({"product_id": vs.pool}).merge(products[["product_id", "title"]], on="product_id")

@@ -24,7 +24,7 @@ import torch
 from ace_ray.data import feature_store as fs
 from ace_ray.data.clicks import check_split, clean_clicks
 from ace_ray.data.hot_queries import read_hot_queries
-from ace_ray.data.validate import load_clean
+from ace_ray.data.validate import load_clean_products
 from ace_ray.eval import index as faiss_index
 from ace_ray.eval.embed import ProductEmbedder, product_inputs
 from ace_ray.model.encoder import read_info
@@ -160,7 +160,7 @@ def build_index_dir(model_dir: str | Path, root: str | Path, store: fs.FeatureSt
     test_days = split.get("test_days", test_days)
     check_split(split, root, test_days, f"the model in {model_dir}")
     digest = model_hash(model_dir)
-    products, _ = load_clean(root)
+    products = load_clean_products(root)
     lookup = products[["product_id", "title"]]
     if info.get("hot_queries", True):
         hot = read_hot_queries(root, test_days, info["text"]["hot_k"])[["product_id", "hot_queries"]]

@@ -4,12 +4,15 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from ace_ray.config import BatchConfig, ClickModelConfig, FeaturesConfig, SynthConfig, TextConfig
 from ace_ray.data import feature_store as fs
-from ace_ray.data.batching import build_finetune_batches, finetune_pairs, normalise_pixels, plan_batches
-from ace_ray.data.clicks import check_split, clean_clicks, train_split
+from ace_ray.data.batch_plan import number_partition, pair_draws, partition_offsets, plan_batches, with_draws
+from ace_ray.data.batching import build_finetune_batches, normalise_pixels
+from ace_ray.data.click_stream import read_train_clicks
+from ace_ray.data.clicks import check_split, clean_clicks, first_test_day, train_split
 from ace_ray.data.feature_table import for_store
 from ace_ray.data.features import build_features
 from ace_ray.data.hot_queries import build_hot_queries, hot_queries_path, read_hot_queries
@@ -17,7 +20,7 @@ from ace_ray.data.plan import EpochPlan, _read_columns, file_index, stream
 from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, read_holdout
 from ace_ray.data.schema import IMPRESSIONS_FILE, read_impressions
 from ace_ray.data.synth.generate import synthesize
-from ace_ray.data.validate import validate
+from ace_ray.data.validate import load_clean_products, quarantined_rows, read_quarantine, validate
 
 TEST_ONLY = "zzz leaked test day query"
 
@@ -52,6 +55,26 @@ def test_plan_covers_every_pair_once_in_full_batches():
         plan_batches(cats, 0, 64, 0)
 
 
+def test_numbering_partition_by_partition_equals_the_whole_plan_and_draws_depend_on_the_pair_alone():
+    """What Ray Data does in pieces (draws per block, counts -> offsets, one task a partition) is the plan
+    of one sort over all pairs, and a pair's draws do not depend on which other pairs a task holds."""
+    rng = np.random.default_rng(4)
+    rows = np.sort(rng.choice(10**7, 3000, replace=False))
+    cats = rng.choice([f"c{i}" for i in range(9)], 3000)
+    for partitions, size in ((1, 64), (5, 32), (200, 16)):
+        whole = plan_batches(cats, partitions, size, seed=7, rows=rows)
+        drawn = with_draws(pd.DataFrame({"row": rows, "category": cats}), partitions, seed=7)
+        offsets = partition_offsets(drawn["part"].value_counts().to_dict())
+        pieces = pd.concat(number_partition(g, offsets[p], size) for p, g in drawn.groupby("part"))
+        np.testing.assert_array_equal(pieces.sort_values("row")["batch_id"].to_numpy(), whole)
+    part, tie = pair_draws(rows, 5, seed=7)
+    sub_part, sub_tie = pair_draws(rows[::7], 5, seed=7)
+    np.testing.assert_array_equal(sub_part, part[::7])
+    np.testing.assert_array_equal(sub_tie, tie[::7])
+    assert not np.array_equal(pair_draws(rows, 5, seed=8)[0], part)  # another seed, another plan
+    assert np.bincount(part, minlength=5).min() > 500  # roughly even partitions
+
+
 def test_pretrain_pairs_one_positive_three_negatives():
     titles, images, label = pair_in_batch(50, 3, np.random.default_rng(0))
     assert len(label) == 200 and label.mean() == 0.25
@@ -81,7 +104,8 @@ def featurised(tmp_path_factory, ray_session):
     last = imp["day"] == imp["day"].max()
     imp.loc[last, "query"] = TEST_ONLY
     dup = imp[imp["clicked"] & ~last].iloc[[0]]
-    pd.concat([imp, dup], ignore_index=True).to_parquet(root / IMPRESSIONS_FILE)
+    # Small row groups: the click stream reads one a task, so several are read and their row numbers add up.
+    pd.concat([imp, dup], ignore_index=True).to_parquet(root / IMPRESSIONS_FILE, row_group_size=1000)
     validate(root)
     store = fs.FeatureStore(
         build_features(root, FeaturesConfig(cnn_input=64, grid=2, batch_size=16))["store"]
@@ -95,10 +119,58 @@ def test_test_day_clicks_never_reach_training(featurised):
     hot = build_hot_queries(root, test_days=1)
     assert len(hot) > 0 and all(TEST_ONLY not in q for q in hot["hot_queries"])
     assert all(len(q) <= 10 for q in hot["hot_queries"])
-    pairs = finetune_pairs(root, test_days=1)
+    pairs = read_train_clicks(root, test_days=1).to_pandas()
     assert TEST_ONLY not in set(pairs["query"]) and len(pairs) > 100
     # With the last day counted as a train day the query does show up: the split is what keeps it out.
-    assert TEST_ONLY in set(finetune_pairs(root, test_days=0)["query"])
+    assert TEST_ONLY in set(read_train_clicks(root, test_days=0).to_pandas()["query"])
+
+
+def _reference_pairs(root, test_days: int) -> pd.DataFrame:
+    """The train-day clicks the naive way: the whole log in memory, rows numbered, quarantine dropped."""
+    imp = read_impressions(root).assign(row=lambda d: np.arange(len(d)))
+    imp = imp[~imp["row"].isin(quarantined_rows(read_quarantine(root), IMPRESSIONS_FILE))]
+    day = pd.to_datetime(imp["day"]).dt.date
+    clicks = imp[imp["clicked"] & (day < first_test_day(root, test_days))]
+    return clicks.merge(load_clean_products(root)[["product_id", "category"]], on="product_id")
+
+
+@pytest.mark.ray
+def test_the_click_stream_reads_the_same_clicks_as_the_whole_log(featurised):
+    root, _, _ = featurised
+    assert pq.ParquetFile(root / IMPRESSIONS_FILE).metadata.num_row_groups > 2
+    stream_rows = read_train_clicks(root, 1, ("session_id", "query", "product_id")).to_pandas()
+    ref = _reference_pairs(root, 1)
+    known = stream_rows[stream_rows["product_id"].isin(set(ref["product_id"]))].sort_values("row")
+    np.testing.assert_array_equal(known["row"].to_numpy(), np.sort(ref["row"].to_numpy()))
+    cleaned = clean_clicks(root, 1)  # evaluation's view of the same days
+    assert sorted(zip(cleaned["session_id"], cleaned["query"], cleaned["product_id"], strict=True)) == sorted(
+        zip(known["session_id"], known["query"], known["product_id"], strict=True)
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_ray_data_batches_are_the_reference_plans(featurised, tmp_path, partitions):
+    """The batches written by the Ray Data path hold exactly the pairs the one-sort reference puts in each
+    batch, for one partition (category batches) and several."""
+    root, store, _ = featurised
+    cfg = BatchConfig(batch_size=16, partitions=partitions, seed=5)
+    # Several shuffle partitions, as on a large log: batches are numbered and assembled in several tasks.
+    stats = build_finetune_batches(
+        root, store, 1, cfg, TextConfig(), tmp_path / "b", shuffle_partitions=partitions
+    )
+    ref = _reference_pairs(root, 1)
+    ref = ref[ref["product_id"].isin(set(for_store(store).ids["product_id"]))]
+    ref = ref.assign(batch=plan_batches(ref["category"].to_numpy(), partitions, 16, 5, ref["row"].to_numpy()))
+    want = {int(b): sorted(g["row"]) for b, g in ref.groupby("batch")}
+    got = [
+        _read_columns(str(f), ["batch_id", "pair_id", "product_id"])
+        for f in (tmp_path / "b").glob("*.parquet")
+    ]
+    assert {int(b["batch_id"][0]): sorted(b["pair_id"][0]) for b in got} == want
+    assert stats["pairs_with_features"] == len(ref) and stats["batches"] == len(want)
+    by_row = ref.set_index("row")["product_id"]
+    assert all(list(by_row.loc[list(b["pair_id"][0])]) == list(b["product_id"][0]) for b in got)
 
 
 @pytest.mark.ray
@@ -173,7 +245,9 @@ def test_every_pair_once_per_epoch_in_an_order_fixed_by_seed_and_epoch(featurise
         np.testing.assert_array_equal(batch["pixels"][0], store.manifest.stack_pixels(ref.loc[ids, "pixels"]))
     every = EpochPlan.for_directory(tmp_path / "batches", 1, 1, seed=0, window=1)
     pair_ids = [int(p) for b in stream(every, 0, 0, ["pair_id"]) for p in b["pair_id"][0]]
-    assert sorted(pair_ids) == list(range(stats["pairs"]))  # every pair is in exactly one batch
+    assert (
+        len(pair_ids) == len(set(pair_ids)) == stats["pairs_with_features"]
+    )  # every pair in exactly one batch
     orders = []
     for epoch in range(2):
         deal = _deal(plan, epoch)
