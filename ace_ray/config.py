@@ -331,6 +331,8 @@ class EvalConfig:
     )
     batch_size: int = _f(128, ge=1)  # products per embedding batch
     embed_actors: int = _f(0, ge=0)  # Ray Data actors embedding the catalogue; 0 = one per 2 cluster CPUs
+    # Catalogues with fewer products are embedded in the driver: actors cost more to start than the work.
+    embed_in_driver_below: int = _f(5000, ge=0)
     map_points: int = _f(2000, ge=0)  # points per side in the 2-D embedding map
 
 

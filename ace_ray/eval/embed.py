@@ -1,5 +1,6 @@
 """A fine-tuned model as a retriever: products embedded by a Ray Data job (actors holding the product
-tower read the feature store), queries by the query tower in the driver. It then scores and searches like
+tower read the feature store; in the driver for a catalogue under ``eval.embed_in_driver_below``
+products), queries by the query tower in the driver. It then scores and searches like
 every baseline (``EmbeddingRetriever``), and its product embeddings are what the FAISS index holds."""
 
 from __future__ import annotations
@@ -87,11 +88,19 @@ class TowerRetriever(EmbeddingRetriever):
             if hot is not None
             else lookup.assign(hot_queries=None)
         )
-        actors = self.cfg.embed_actors or max(1, cluster_cpus() // 2)
-        ds = self.store.dataset(["patch_features", "pixels"])
-        emb = ds.map_batches(ProductEmbedder, fn_constructor_kwargs={"model_dir": self.model_dir, "lookup": lookup},
-                             batch_size=self.cfg.batch_size, batch_format="pandas", concurrency=actors,
-                             num_cpus=1).to_pandas()  # fmt: skip
+        if len(products) < self.cfg.embed_in_driver_below:
+            # Starting actors (each loads torch and the model) costs more than a small catalogue's forward.
+            embedder = ProductEmbedder(self.model_dir, lookup, threads=torch.get_num_threads())
+            rows = self.store.read(["patch_features", "pixels"], ids=products["product_id"].tolist())
+            step = self.cfg.batch_size
+            emb = pd.concat([embedder(rows.iloc[i : i + step]) for i in range(0, len(rows), step)] or [pd.DataFrame(
+                {"product_id": [], "emb": []})])  # fmt: skip
+        else:
+            actors = self.cfg.embed_actors or max(1, cluster_cpus() // 2)
+            ds = self.store.dataset(["patch_features", "pixels"])
+            emb = ds.map_batches(ProductEmbedder, fn_constructor_kwargs={"model_dir": self.model_dir,
+                                 "lookup": lookup}, batch_size=self.cfg.batch_size, batch_format="pandas",
+                                 concurrency=actors, num_cpus=1).to_pandas()  # fmt: skip
         by_id = dict(zip(emb["product_id"], emb["emb"], strict=True))
         missing = [p for p in products["product_id"] if p not in by_id]
         if missing:

@@ -98,7 +98,9 @@ def test_roi_matches_synth_boxes(shop):
 @pytest.mark.skipif(not (FASHION / "images").is_dir(), reason="shared fashion-products data not present")
 def test_roi_contains_the_product_on_real_photos():
     contained, whole = [], []
-    for path in sorted((FASHION / "images").glob("*.jpg")):
+    for path in sorted((FASHION / "images").glob("*.jpg"))[
+        ::3
+    ]:  # a third of them: the same figures, a third of the time
         img = decode(path.read_bytes())
         (x, y, w, h), _ = detect_roi(img)
         # Non-background: clearly different from the photo's border colour (studio backgrounds are plain).
@@ -106,7 +108,7 @@ def test_roi_contains_the_product_on_real_photos():
         fg = np.abs(img.astype(int) - border).sum(axis=2) > 40
         contained.append(fg[y : y + h, x : x + w].sum() / max(1, fg.sum()))
         whole.append(w * h >= 0.98 * img.shape[0] * img.shape[1])
-    assert len(contained) > 9000
+    assert len(contained) > 3000
     assert np.mean(np.array(contained) >= 0.95) >= 0.95
     assert np.mean(whole) < 0.5
 

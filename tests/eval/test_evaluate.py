@@ -28,8 +28,11 @@ def setup(featurised_shop, tmp_path_factory):
 def test_ray_data_embeddings_equal_the_towers_run_directly(setup):
     w, root, store, towers, model_dir = setup
     data = load_eval_data(root, store, 1)
-    model = TowerRetriever(model_dir, store, root, EvalConfig(batch_size=16), 1)
+    model = TowerRetriever(model_dir, store, root, EvalConfig(batch_size=16, embed_in_driver_below=0), 1)
     model.fit(data.products)
+    in_driver = TowerRetriever(model_dir, store, root, EvalConfig(batch_size=16), 1)
+    in_driver.fit(data.products)  # a small catalogue: embedded in the driver, the same embeddings
+    np.testing.assert_allclose(in_driver.product_embeddings, model.product_embeddings, atol=1e-5)
     rows = store.read(columns=["patch_features", "pixels"]).merge(data.products[["product_id", "title"]])
     rows = rows.head(20).assign(hot_queries=[[]] * 20)
     hot = read_hot_queries(root, 1).set_index("product_id")["hot_queries"]
