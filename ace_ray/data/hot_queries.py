@@ -38,13 +38,15 @@ def top_queries(clicks: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def build_hot_queries(root: str | Path, test_days: int, k: int = 10) -> pd.DataFrame:
     """The hot-query table of catalogue ``root`` (product_id, hot_queries, hot_clicks) for the products of
-    the validated catalogue: the click stream grouped by product in Ray Data, ``top_queries`` per group."""
+    the validated catalogue: the click stream partitioned by product in Ray Data, ``top_queries`` per block."""
     root = Path(root).resolve()
     parts = max(1, min(64, impression_rows(root) // 500_000))
+    # Hash-partitioned by product, so every block holds all the clicks of its products: one
+    # ``top_queries`` a block (a call a product would cost a pandas groupby each).
     top = (
         read_train_clicks(root, test_days)
-        .groupby("product_id", num_partitions=parts)
-        .map_groups(lambda g: top_queries(g, k), batch_format="pandas")
+        .repartition(parts, keys=["product_id"])
+        .map_batches(top_queries, fn_args=(k,), batch_size=None, batch_format="pandas")
         .to_pandas()
     )
     if top.empty:
