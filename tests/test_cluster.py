@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -65,11 +64,7 @@ def _job_logs(dashboard: str, job: str) -> str:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="scripts/local_cluster.py finds its processes in /proc")
-# Opt-in: 155 s on a quiet 2-core machine (cluster up 18 s), but the suite is already 1,397 s there,
-# over its 20 minutes, so this stays out of `make test` until the suite is trimmed (issue 17).
-@pytest.mark.skipif(
-    os.environ.get("ACE_RAY_CLUSTER_TEST") != "1", reason="opt in with ACE_RAY_CLUSTER_TEST=1"
-)
+# 155 s on a quiet 2-core machine (cluster up 18 s): part of `make test`.
 def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp_path):
     missing = [n for n in ("ray", "mlflow") if _exe(n) is None]
     if missing:

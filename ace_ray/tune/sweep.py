@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ace_ray.tune.space import Space, _fmt, _one, load_space
 
 TRIAL_CPUS = 0.25  # the trial's own driver function: it only waits on its TorchTrainer
 DATA_CPUS = 1.0  # left free for the Ray Data jobs that build each trial's batches
+SCHEDULER_STATE = "scheduler_state.pkl"
 
 
 def concurrency(space: Space, w: Workload, cpus: float) -> int:
@@ -97,6 +99,48 @@ def _progress_lines(total: int, metric: str):
     return Line()
 
 
+def _restore_scheduler(tuner, path: Path) -> None:
+    """Give a restored sweep's scheduler the state it had. Tune restores the scheduler as it was created: an
+    ASHA without its rung records would let the trials run after a resume be compared only with each other."""
+    state = path / SCHEDULER_STATE
+    scheduler = tuner._local_tuner._tune_config.scheduler  # private: Tune offers no public way to reach it
+    if state.is_file():
+        with state.open("rb") as f:
+            saved = pickle.load(f)
+        # Not metric and mode: Tune sets them on the restored scheduler itself and refuses one that has them.
+        scheduler.__dict__.update(
+            {k: v for k, v in saved.items() if k not in ("_metric", "_mode", "_metric_op")}
+        )
+    for cb in tuner._local_tuner._run_config.callbacks or []:
+        if getattr(cb, "keeps_scheduler", False):
+            cb.scheduler = scheduler  # the one fit() uses, whatever the unpickling shared
+
+
+def _scheduler_state(path: Path, scheduler):
+    """A Tune callback saving ``scheduler``'s state (ASHA's rung records) beside the sweep after every trial
+    result, for ``_restore_scheduler``."""
+    from ray.tune import Callback
+
+    class Keep(Callback):
+        keeps_scheduler = True
+
+        def __init__(self):
+            self.scheduler = scheduler
+
+        def on_trial_result(self, *args, **info):
+            self._save()
+
+        def on_trial_complete(self, *args, **info):
+            self._save()
+
+        def _save(self):
+            tmp = path / f".{SCHEDULER_STATE}.tmp"
+            self.scheduler.save(str(tmp))
+            tmp.replace(path / SCHEDULER_STATE)  # whole or not at all
+
+    return Keep()
+
+
 def _tuner(space: Space, base: Workload, path: Path, parent_run_id: str, restore: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -105,7 +149,9 @@ def _tuner(space: Space, base: Workload, path: Path, parent_run_id: str, restore
                                      storage=str(path / "train"))  # fmt: skip
     trainable = tune.with_resources(trainable, {"cpu": TRIAL_CPUS})
     if restore:
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        _restore_scheduler(tuner, path)
+        return tuner
     if space.scheduler == "asha":
         # A trial's "iteration" is a checkpoint report; max_t only caps the rungs.
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=10_000, grace_period=space.asha.grace_period,
@@ -140,7 +186,8 @@ def _tuner(space: Space, base: Workload, path: Path, parent_run_id: str, restore
             name=path.name,
             storage_path=str(path.parent),
             verbose=0,
-            callbacks=[_progress_lines(space.trials(), space.metric)],
+            callbacks=[_progress_lines(space.trials(), space.metric)]
+            + ([_scheduler_state(path, scheduler)] if space.scheduler == "asha" else []),
             failure_config=tune.FailureConfig(max_failures=1),
         ),  # fmt: skip
     )

@@ -24,10 +24,11 @@ from tests.conftest import SHOP_FEATURES
 
 pytestmark = pytest.mark.ray
 
-# Two learning rates that learn and two that cannot, in that order and one at a time, so that ASHA has
-# good results at the first rung before the weak trials reach it.
+# A learning rate that learns and two that cannot, in that order and one at a time. The sweep is killed
+# after the first; the weak ones run after the resume, so ASHA stops them only if the resumed sweep kept the
+# first trial's rung records. Recall@10: on the ~130-product validation pool Recall@100 is ~0.77 by chance.
 SPACE = """name: smoke
-metric: val_recall_at_100
+metric: val_recall_at_10
 mode: max
 search: grid
 scheduler: asha
@@ -35,8 +36,8 @@ asha: {grace_period: 1, reduction_factor: 2}
 max_concurrent: 1
 compare: [cebert]
 params:
-  finetune.train.lr: {grid: [0.004, 0.002, 1.0e-9, 1.0e-10]}
-fixed: [data.val_days=1, finetune.train.max_steps=6, finetune.train.checkpoint_every=2]
+  finetune.train.lr: {grid: [0.004, 1.0e-9, 1.0e-10]}
+fixed: [data.val_days=1, finetune.val_k=10, finetune.train.max_steps=4, finetune.train.checkpoint_every=2]
 """
 
 
@@ -110,18 +111,20 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
     capsys.readouterr()
     assert main(["tune", "--resume", str(sweep), *_args(shop, tmp_path)]) == 0
     # The resumed sweep's progress lines count the trials finished before it stopped.
-    assert "[tune] 4/4 trials" in capsys.readouterr().out
+    assert "[tune] 3/3 trials" in capsys.readouterr().out
 
     (parent,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                    filter_string="tags.stage = 'tune'")  # fmt: skip
     children = [c for c in _children(parent.info.run_id) if "tune_trial_id" in c.data.tags]
     trial_ids = [c.data.tags["tune_trial_id"] for c in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 4  # one child run per trial, none run twice
+    assert len(trial_ids) == len(set(trial_ids)) == 3  # one child run per trial, none run twice
     kept = next(c for c in children if c.info.run_id == first.info.run_id)
     assert kept.info.end_time == first.info.end_time  # the finished trial was not run again
     table = pd.read_csv(sweep / "trials.csv")
-    assert len(table) == 4 and table["stopped_early"].sum() >= 1, table
-    assert set(table.loc[table["stopped_early"], "finetune.train.lr"]) <= {1e-9, 1e-10}
+    assert len(table) == 3 and table["stopped_early"].sum() >= 1, table
+    # Both weak trials ran after the resume and were stopped against the first trial's rung records.
+    assert set(table.loc[table["stopped_early"], "finetune.train.lr"]) == {1e-9, 1e-10}, table
+    assert (sweep / "scheduler_state.pkl").is_file()
     early = [c for c in children if c.data.tags["stopped_early"] == "true"]
     assert early and all(c.info.status == "KILLED" for c in early)
     # No trial read a test-day click: each trained before the validation day and validated before the test day.
@@ -131,7 +134,7 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
     # The best config is a complete workload that fine-tuning accepts as it is; it trains on the validation
     # day too, and it was evaluated once on the test day.
     best = yaml.safe_load((sweep / "best.yaml").read_text())
-    assert best["finetune"]["train"]["lr"] in (0.004, 0.002) and best["data"]["val_days"] == 0
+    assert best["finetune"]["train"]["lr"] == 0.004 and best["data"]["val_days"] == 0
     assert main(["config", "--workload", str(sweep / "best.yaml")]) == 0
     report = (sweep / "report.md").read_text()
     assert "on the test days (read once)" in report
