@@ -2,11 +2,12 @@
 
 Fine-tuning: the (query, clicked product) pairs of the train days are split at random into P partitions;
 inside a partition they are ordered by category; batches are cut from that order, so a batch holds mostly
-one category (hard in-batch negatives) when P is small and a random mix when P is large (``batch_plan``: every
-draw is a hash of the seed and the pair's row in the click log, so Ray Data computes the plan in pieces and
-no process holds a table of all pairs). The batch order is shuffled every epoch. Each written file holds one whole batch; the training workers deal the files among
-themselves by an ``EpochPlan`` (``ace_ray.data.plan``), so every worker trains on whole batches and every
-pair is seen once per epoch across all workers, in an order fixed by (seed, epoch).
+one category (hard in-batch negatives) when P is small and a random mix when P is large (``batch_plan``:
+every draw is a hash of the seed and the pair's row in the click log, so Ray Data computes the plan in
+pieces and no process holds a table of all pairs). The batch order is shuffled every epoch. Each written
+file holds one whole batch; the training workers deal the files among themselves by an ``EpochPlan``
+(``ace_ray.data.plan``), so every worker trains on whole batches and every pair is seen once per epoch
+across all workers, in an order fixed by (seed, epoch).
 
 A batch file holds ids and tokens only, and each pair's row in the store's feature table
 (``ace_ray.data.feature_table``): the image features are gathered when the batch is read, so they are on
@@ -100,8 +101,8 @@ def build_finetune_batches(
     featured = pairs.map_batches(_drawn, batch_format="pandas", fn_args=(batches.partitions, batches.seed))
     featured = featured.materialize()
     counts = Counter()
-    for block in featured.map_batches(_count_parts, batch_format="pandas").iter_rows():
-        counts[int(block["part"])] += int(block["n"])
+    for row in featured.map_batches(_count_parts, batch_format="pandas").iter_rows():
+        counts[int(row["part"])] += int(row["n"])
     offsets, size = bp.partition_offsets(counts), batches.batch_size
     out = Path(out)
     if out.exists():
