@@ -129,10 +129,10 @@ class FinetuneTask(loop.Task):
         q, a = self.model(batch)
         loss, parts = self.objective.encoder_loss(q, a, self.disc, mask)
         self.last = (q.detach(), a.detach())
-        metrics = {"loss": float(loss), "main": float(parts["main"]), "inbatch_acc": inbatch_accuracy(q, a, mask),
+        metrics = {"loss": loss.item(), "main": parts["main"].item(), "inbatch_acc": inbatch_accuracy(q, a, mask),
                    **{k: float(v) for k, v in counts.items()}, **game_stats(q, a, parts.get("dq"), parts.get("da"))}  # fmt: skip
         if "adv" in parts:
-            metrics["adv"] = float(parts["adv"])
+            metrics["adv"] = parts["adv"].item()
         towers = checkpoints.unwrap(self.model)
         if towers.additive:
             metrics["image_share"] = towers.image_share
