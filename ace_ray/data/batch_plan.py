@@ -56,10 +56,10 @@ def category_key(categories, seed: int) -> np.ndarray:
     return np.asarray(keys, np.uint64)[codes] if len(names) else np.zeros(0, np.uint64)
 
 
-def _order(frame: pd.DataFrame) -> np.ndarray:
-    """Positions of ``frame``'s pairs in plan order inside one partition: category, draw, row."""
-    return np.lexsort((frame["row"].to_numpy(), frame["tie"].to_numpy(), frame["category"].astype(str).to_numpy(),
-                       frame["category_key"].to_numpy()))  # fmt: skip
+def _keys(frame: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """The plan order inside one partition, as ``np.lexsort`` keys (last = first): category, draw, row."""
+    return (frame["row"].to_numpy(), frame["tie"].to_numpy(), frame["category"].astype(str).to_numpy(),
+            frame["category_key"].to_numpy())  # fmt: skip
 
 
 def with_draws(frame: pd.DataFrame, partitions: int, seed: int) -> pd.DataFrame:
@@ -73,7 +73,7 @@ def number_partition(frame: pd.DataFrame, offset: int, batch_size: int) -> pd.Da
     plan positions ``offset, offset + 1, ...`` in plan order, and a batch is every ``batch_size`` positions."""
     if batch_size < 1:
         raise ValueError(f"batch_size ({batch_size}) must be at least 1")
-    out = frame.iloc[_order(frame)].reset_index(drop=True)
+    out = frame.iloc[np.lexsort(_keys(frame))].reset_index(drop=True)
     return out.assign(batch_id=(offset + np.arange(len(out), dtype=np.int64)) // batch_size)
 
 
@@ -95,8 +95,7 @@ def plan_batches(categories, partitions: int, batch_size: int, seed: int, rows=N
     f = with_draws(
         pd.DataFrame({"row": rows, "category": np.asarray(categories, dtype=object)}), partitions, seed
     )
-    order = np.lexsort((rows, f["tie"].to_numpy(), f["category"].astype(str).to_numpy(), f["category_key"].to_numpy(),
-                        f["part"].to_numpy()))  # fmt: skip
+    order = np.lexsort((*_keys(f), f["part"].to_numpy()))  # partitions first, then the order inside
     batch = np.empty(n, np.int64)
     batch[order] = np.arange(n) // batch_size
     return batch

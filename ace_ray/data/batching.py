@@ -44,6 +44,7 @@ LAYOUT = 3  # 2: feature rows instead of the features themselves; 3: the plan dr
 # ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
 PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_NO_FEATURES = -1  # the partition of pairs whose product has no features
 
 
 def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
@@ -92,24 +93,25 @@ def build_finetune_batches(
     catalogue = _catalogue(root, store, test_days, text_cfg.hot_k)
     # Each shuffle partition costs seconds of scheduling: one per 200k impressions (1 for a small shop).
     parts = shuffle_partitions or max(1, min(64, impression_rows(root) // 200_000))
-    pairs = (
+    # Materialised once: the counts below read it, then the numbering does.
+    featured = (
         read_train_clicks(root, test_days)
         .join(ray.data.from_pandas(catalogue), join_type="inner", num_partitions=parts, on=("product_id",))
+        .map_batches(_drawn, batch_format="pandas", fn_args=(batches.partitions, batches.seed))
         .materialize()
     )
-    total = pairs.count()
-    featured = pairs.map_batches(_drawn, batch_format="pandas", fn_args=(batches.partitions, batches.seed))
-    featured = featured.materialize()
     counts = Counter()
     for row in featured.map_batches(_count_parts, batch_format="pandas").iter_rows():
         counts[int(row["part"])] += int(row["n"])
+    total = counts.pop(_NO_FEATURES, 0) + sum(counts.values())
     offsets, size = bp.partition_offsets(counts), batches.batch_size
     out = Path(out)
     if out.exists():
         for f in out.glob("*"):
             f.unlink()
     (
-        featured.groupby("part", num_partitions=parts)
+        featured.filter(expr=f"part != {_NO_FEATURES}")
+        .groupby("part", num_partitions=parts)
         .map_groups(
             lambda g: bp.number_partition(g, offsets[int(g["part"].iloc[0])], size), batch_format="pandas"
         )
@@ -138,8 +140,10 @@ def _catalogue(root: Path, store: fs.FeatureStore, test_days: int, hot_k: int) -
 
 
 def _drawn(frame: pd.DataFrame, partitions: int, seed: int) -> pd.DataFrame:
-    """The pairs of products with features, with their plan draws."""
-    return bp.with_draws(frame[frame["feature_row"] >= 0], partitions, seed)
+    """The pairs with their plan draws; pairs of products without features in partition ``_NO_FEATURES``
+    (counted, then left out)."""
+    out = bp.with_draws(frame, partitions, seed)
+    return out.assign(part=np.where(out["feature_row"] >= 0, out["part"], _NO_FEATURES))
 
 
 def _count_parts(frame: pd.DataFrame) -> pd.DataFrame:
