@@ -48,9 +48,12 @@ class CEBertPretraining(nn.Module):
                                             pixels=batch.get("pixels"))  # fmt: skip
         pos = batch["label"] > 0.5
         n_title = batch["title_ids"].shape[1]
-        h = self.heads.mlm_transform(seq[:, :n_title][pos])
+        # Vocabulary logits at the masked tokens only: over every title token they were most of a step.
+        labels = batch["mlm_labels"][pos]
+        masked = labels != losses.IGNORE
+        h = self.heads.mlm_transform(seq[:, :n_title][pos][masked])
         logits = h @ self.encoder.bert.embeddings.word_embeddings.weight.T + self.heads.mlm_bias
-        out = {"mlm": losses.mlm_loss(logits, batch["mlm_labels"][pos]), "seq": seq}
+        out = {"mlm": losses.mlm_loss(logits, labels[masked]), "seq": seq}
         if PATCH in offsets:
             start, _ = offsets[PATCH]
             n = batch["patch_target"].shape[1]

@@ -104,3 +104,30 @@ def test_towers_cut_shared_padding_without_changing_any_embedding():
         assert torch.allclose(
             q[1:2], towers.encode_queries(x["title_ids"][1:2], x["title_mask"][1:2]), atol=1e-5
         )
+
+
+def test_mlm_on_masked_tokens_only_equals_the_loss_over_every_title_token():
+    """The vocabulary logits are computed at the masked tokens only; loss and gradients are those of the
+    reference that scores every title token of the matched pairs and ignores the unmasked ones."""
+    import torch.nn.functional as F
+
+    from ace_ray.model.heads import CEBertPretraining
+    from ace_ray.model.losses import IGNORE
+
+    torch.manual_seed(0)
+    model = CEBertPretraining(build_encoder(TINY, "minilm", 12, 48), 30522).eval()  # no dropout
+    x = _inputs()
+    labels = torch.full(x["title_ids"].shape, IGNORE)
+    labels[0, 1], labels[0, 3], labels[2, 2], labels[1, 1] = 2417, 7, 99, 5  # row 1 is not a matched pair
+    batch = {**x, "label": torch.tensor([1.0, 0.0, 1.0]), "mlm_labels": labels,
+             "patch_target": torch.randn(3, 4, 12), "patch_masked": torch.rand(3, 4) < 0.5}  # fmt: skip
+    fast = model(batch)["mlm"]
+    (g_fast,) = torch.autograd.grad(fast, model.heads.mlm_transform[0].weight)
+
+    seq = model.encoder(x["title_ids"], x["title_mask"], patches=x["patches"], pixels=x["pixels"])[0]
+    pos = batch["label"] > 0.5
+    h = model.heads.mlm_transform(seq[:, : labels.shape[1]][pos])
+    logits = h @ model.encoder.bert.embeddings.word_embeddings.weight.T + model.heads.mlm_bias
+    ref = F.cross_entropy(logits.reshape(-1, 30522), labels[pos].reshape(-1), ignore_index=IGNORE)
+    (g_ref,) = torch.autograd.grad(ref, model.heads.mlm_transform[0].weight)
+    assert torch.allclose(fast, ref, atol=1e-5) and torch.allclose(g_fast, g_ref, atol=1e-6)
