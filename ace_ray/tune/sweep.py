@@ -221,6 +221,15 @@ def _resume(path: str | Path) -> tuple[Space, Workload, Path]:
     )
 
 
+def _finished_trials(path: Path) -> int:
+    """Trials that the sweep's saved state holds as finished or failed: what a resume keeps. Not the
+    returned grid's count: on Ctrl-C Tune saves its state, then stops the running trials and reports them
+    as terminated too, and trials not yet created are missing from it."""
+    from ray.tune import ExperimentAnalysis
+
+    return sum(t.status in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(str(path)).trials)
+
+
 def run_sweep(w: Workload, space_path: str | Path | None = None, resume: str | Path | None = None) -> dict:
     """Run (or with ``resume``, continue) a sweep; write its results; the summary with the best config."""
     from ace_ray.tune import results
@@ -233,9 +242,8 @@ def run_sweep(w: Workload, space_path: str | Path | None = None, resume: str | P
         if parent is None:
             tracking.log_artifact(path / "space.yaml")
         grid = _tuner(space, base, path, run.info.run_id, restore=resume is not None).fit()
-        # Tune returns from fit() on Ctrl-C: a partial sweep must not pick, nor read the test days. Trials not
-        # yet created are missing from the grid; started ones are neither terminated nor errored.
-        unfinished = space.trials() - grid.num_terminated - grid.num_errors
+        # Tune returns from fit() on Ctrl-C: a partial sweep must not pick, nor read the test days.
+        unfinished = space.trials() - _finished_trials(path)
         if unfinished:
             print(f"[tune] interrupted with {unfinished} of {space.trials()} trials unfinished; nothing was chosen or "
                   f"tested. Continue with: ace-ray tune --resume {path}", flush=True)  # fmt: skip

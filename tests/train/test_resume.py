@@ -53,15 +53,18 @@ def _run_id(name: str) -> str:
     return run.info.run_id
 
 
-def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights(featurised_shop, tmp_path):
+def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights(
+    featurised_shop, tmp_path, ray_join_env
+):
     shop = featurised_shop[1]
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     assert main(_args(shop, unbroken)) == 0
 
-    # The same command in its own process (its own local Ray), stopped with Ctrl-C after a checkpoint.
+    # The same command in its own process (joining the session's Ray), stopped with Ctrl-C after a checkpoint.
     cli = [sys.executable, "-m", "ace_ray.cli", *_args(shop, broken)]
-    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=ray_join_env)  # fmt: skip
     try:
         deadline = time.time() + 900  # generous: a loaded machine is slow, an idle one takes ~30 s
         while time.time() < deadline and not list(broken.glob("runs/*/checkpoint_*/state.pt")):

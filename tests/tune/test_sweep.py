@@ -24,9 +24,9 @@ from tests.conftest import SHOP_FEATURES
 
 pytestmark = pytest.mark.ray
 
-# A learning rate that learns and two that cannot, in that order and one at a time. The sweep is killed
-# after the first; the weak ones run after the resume, so ASHA stops them only if the resumed sweep kept the
-# first trial's rung records. Recall@10: on the ~130-product validation pool Recall@100 is ~0.77 by chance.
+# A learning rate that learns and one that cannot, in that order and one at a time. The sweep is killed
+# after the first; the weak one runs after the resume, so ASHA stops it only if the resumed sweep kept the
+# first trial's rung records (alone at its rung, it would have nothing to be cut against). Recall@10: on the ~130-product validation pool Recall@100 is ~0.77 by chance.
 SPACE = """name: smoke
 metric: val_recall_at_10
 mode: max
@@ -36,7 +36,7 @@ asha: {grace_period: 1, reduction_factor: 2}
 max_concurrent: 1
 compare: [cebert]
 params:
-  finetune.train.lr: {grid: [0.004, 1.0e-9, 1.0e-10]}
+  finetune.train.lr: {grid: [0.004, 1.0e-9]}
 fixed: [data.val_days=1, finetune.val_k=10, finetune.train.max_steps=4, finetune.train.checkpoint_every=2]
 """
 
@@ -69,7 +69,7 @@ def _children(parent: str) -> list:
                               filter_string=f"tags.mlflow.parentRunId = '{parent}'")  # fmt: skip
 
 
-def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp_path, capsys):
+def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp_path, capsys, ray_join_env):
     shop = featurised_shop[1]
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     (tmp_path / "space.yaml").write_text(SPACE)
@@ -84,7 +84,9 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
     ]
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(cli, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cli, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=ray_join_env
+        )
     finished = []
     try:
         deadline = time.time() + 900
@@ -101,7 +103,7 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
         assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the local Ray it started is left
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the command is left
         proc.wait(timeout=30)
     assert "ace-ray tune --resume" in log.read_text()
     (sweep,) = (tmp_path / "runs" / "tune").iterdir()
@@ -111,19 +113,19 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(featurised_shop, tmp
     capsys.readouterr()
     assert main(["tune", "--resume", str(sweep), *_args(shop, tmp_path)]) == 0
     # The resumed sweep's progress lines count the trials finished before it stopped.
-    assert "[tune] 3/3 trials" in capsys.readouterr().out
+    assert "[tune] 2/2 trials" in capsys.readouterr().out
 
     (parent,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                    filter_string="tags.stage = 'tune'")  # fmt: skip
     children = [c for c in _children(parent.info.run_id) if "tune_trial_id" in c.data.tags]
     trial_ids = [c.data.tags["tune_trial_id"] for c in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 3  # one child run per trial, none run twice
+    assert len(trial_ids) == len(set(trial_ids)) == 2  # one child run per trial, none run twice
     kept = next(c for c in children if c.info.run_id == first.info.run_id)
     assert kept.info.end_time == first.info.end_time  # the finished trial was not run again
     table = pd.read_csv(sweep / "trials.csv")
-    assert len(table) == 3 and table["stopped_early"].sum() >= 1, table
-    # Both weak trials ran after the resume and were stopped against the first trial's rung records.
-    assert set(table.loc[table["stopped_early"], "finetune.train.lr"]) == {1e-9, 1e-10}, table
+    assert len(table) == 2, table
+    # The weak trial ran after the resume and was stopped against the first trial's rung records.
+    assert list(table.loc[table["stopped_early"], "finetune.train.lr"]) == [1e-9], table
     assert (sweep / "scheduler_state.pkl").is_file()
     early = [c for c in children if c.data.tags["stopped_early"] == "true"]
     assert early and all(c.info.status == "KILLED" for c in early)
