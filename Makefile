@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed
 # Reinstall only when the dependency list or the pins change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@# --no-compile: bytecode for the ~100k files of torch, Ray and friends took half the install; Python
+	@# compiles what is imported, once, on first use.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e ".[dev]"
 	@# torch must be the pinned CPU build: nothing may have pulled another one or CUDA wheels.
 	$(BIN)/python -c "import torch,sys; v=torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch '+v+' is not 2.13.0')"
 	@! $(BIN)/pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(nvidia-|torchvision|timm) ' || (echo "unwanted GPU/vision packages installed" && false)
