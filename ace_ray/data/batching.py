@@ -47,10 +47,16 @@ PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _NO_FEATURES = -1  # the partition of pairs whose product has no features
 
 
+_PIXEL_SCALE = (1.0 / (255.0 * PIXEL_STD)).astype(np.float32)
+_PIXEL_SHIFT = (PIXEL_MEAN / PIXEL_STD).astype(np.float32)
+
+
 def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
-    """uint8 patches [..., patch*patch*3] (RGB, channel last) -> float32 normalised like ImageNet."""
-    x = pixels.astype(np.float32).reshape(*pixels.shape[:-1], -1, 3) / 255.0
-    return ((x - PIXEL_MEAN) / PIXEL_STD).reshape(pixels.shape)
+    """uint8 patches [..., patch*patch*3] (RGB, channel last) -> float32 normalised like ImageNet,
+    ``(p / 255 - mean) / std`` as one scale and one shift (two passes over the batch, not five)."""
+    out = np.multiply(pixels.reshape(*pixels.shape[:-1], -1, 3), _PIXEL_SCALE, dtype=np.float32)
+    out -= _PIXEL_SHIFT
+    return out.reshape(pixels.shape)
 
 
 def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
