@@ -131,7 +131,9 @@ def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp
         (resumed,) = [int(s) for s in placed if s != "0"]
         assert resumed >= EVERY and resumed % EVERY == 0, placed
         assert placed[str(resumed)] == [head, head], placed
-        assert run.data.metrics["steps_repeated"] < EVERY
+        # At most the steps since that checkpoint; all of them when the stop fell between the logging of the
+        # next checkpoint's step and Ray Train's registration of that checkpoint (seen on a loaded machine).
+        assert run.data.metrics["steps_repeated"] <= EVERY
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
         assert max(steps) == STEPS
         model = {f.path for f in client.list_artifacts(run.info.run_id, "model")}
