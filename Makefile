@@ -9,12 +9,7 @@ STAMP  := $(VENV)/.installed
 # Reinstall only when the dependency list or the pins change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# pip compiles bytecode on one core (84 s of torch, Ray and friends); both cores do it in 57 s. It must
-	@# be done at install: where PYTHONDONTWRITEBYTECODE is set, every process would compile what it imports,
-	@# every time (torch: 4.4 s an import instead of 1.7). Files that do not compile (test data in some
-	@# packages) get no cache, as with pip.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e ".[dev]"
-	-$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	@# torch must be the pinned CPU build: nothing may have pulled another one or CUDA wheels.
 	$(BIN)/python -c "import torch,sys; v=torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch '+v+' is not 2.13.0')"
 	@! $(BIN)/pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(nvidia-|torchvision|timm) ' || (echo "unwanted GPU/vision packages installed" && false)
