@@ -33,7 +33,8 @@ def ray_session():
 @pytest.fixture
 def ray_join_env(ray_session, _mlflow_store) -> dict[str, str]:
     """The environment of a command run in its own process that joins the session's Ray, as a user's second
-    command joins a cluster (one starting a local Ray of its own paid ~10 s of start-up and shutdown)."""
+    command joins a cluster (one starting a local Ray of its own paid ~10 s of start-up and shutdown). Read
+    after ``_mlflow_store`` has set this test's tracking URI, so the command records into the test's store."""
     return {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
 
 

@@ -44,11 +44,9 @@ LAYOUT = 3  # 2: feature rows instead of the features themselves; 3: the plan dr
 # ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
 PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
-_NO_FEATURES = -1  # the partition of pairs whose product has no features
-
-
 _PIXEL_SCALE = (1.0 / (255.0 * PIXEL_STD)).astype(np.float32)
 _PIXEL_SHIFT = (PIXEL_MEAN / PIXEL_STD).astype(np.float32)
+_NO_FEATURES = -1  # the partition of pairs whose product has no features
 
 
 def normalise_pixels(pixels: np.ndarray) -> np.ndarray:

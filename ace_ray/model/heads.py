@@ -48,7 +48,7 @@ class CEBertPretraining(nn.Module):
                                             pixels=batch.get("pixels"))  # fmt: skip
         pos = batch["label"] > 0.5
         n_title = batch["title_ids"].shape[1]
-        # Vocabulary logits at the masked tokens only: over every title token they were most of a step.
+        # Vocabulary logits at the masked tokens only: over every title token they were a third of a step.
         labels = batch["mlm_labels"][pos]
         masked = labels != losses.IGNORE
         h = self.heads.mlm_transform(seq[:, :n_title][pos][masked])

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.ray
 
 # A learning rate that learns and one that cannot, in that order and one at a time. The sweep is killed
 # after the first; the weak one runs after the resume, so ASHA stops it only if the resumed sweep kept the
-# first trial's rung records (alone at its rung, it would have nothing to be cut against). Recall@10: on the ~130-product validation pool Recall@100 is ~0.77 by chance.
+# first trial's rung records (alone at its rung, it would have nothing to be cut against). Recall@10: on the
+# ~130-product validation pool Recall@100 is ~0.77 by chance.
 SPACE = """name: smoke
 metric: val_recall_at_10
 mode: max
