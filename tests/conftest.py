@@ -57,6 +57,20 @@ def _mlflow_store(tmp_path, monkeypatch, _empty_mlflow_db):
 
 
 # The feature settings of ``featurised_shop``'s store: a workload on that shop must name them to select it.
+def train_worker_processes() -> list:
+    """The Ray Train worker processes on this machine (their process title names the actor class)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
 SHOP_FEATURES = ("data.features.cnn_input=64", "data.features.grid=2")
 
 

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import psutil
 import pytest
 
 from ace_ray import tracking
@@ -16,6 +15,7 @@ from ace_ray.data.synth.generate import synthesize
 from ace_ray.data.validate import validate
 from ace_ray.model.encoder import load_model
 from ace_ray.train.pretrain import run_pretrain
+from tests.conftest import train_worker_processes
 
 pytestmark = pytest.mark.ray
 
@@ -43,24 +43,13 @@ def _history(w, run_id, key):
     return {m.step: m.value for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, key)}
 
 
-def _train_workers() -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
-
 def _kill_a_worker_after_the_first_checkpoint(storage: Path, killed: list, done: threading.Event):
     def killer():
         # However slow the machine, wait for the checkpoint (or the end of the run), then kill a worker.
         while not done.is_set() and not list(storage.glob("*/checkpoint_*/state.pt")):
             time.sleep(0.2)
         time.sleep(1.0)
-        workers = [] if done.is_set() else _train_workers()
+        workers = [] if done.is_set() else train_worker_processes()
         if workers:
             workers[-1].kill()
             killed.append(workers[-1].pid)

@@ -2,6 +2,7 @@
 checkpoint and continued with `ace-ray finetune --resume RUN`. The resumed run consumes exactly the batches
 of an unbroken run on both workers (the logged batch fingerprints), and ends with the same weights."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,16 +11,17 @@ import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ace_ray.cli import main
-from tests.conftest import SHOP_FEATURES
+from tests.conftest import SHOP_FEATURES, train_worker_processes
 
 pytestmark = pytest.mark.ray
 
-STEPS = 12
+STEPS = 16
 
 
 def _args(shop: Path, workspace: Path) -> list[str]:
@@ -61,22 +63,31 @@ def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     assert main(_args(shop, unbroken)) == 0
 
-    # The same command in its own process (joining the session's Ray), stopped with Ctrl-C after a checkpoint.
+    # The same command in its own process (joining the session's Ray), stopped with Ctrl-C once its first
+    # checkpoint is registered. Its workers outlive the driver by a second or two (the session's Ray ends them
+    # when it sees the driver gone), enough to finish this short run, so they are frozen first: the run stops
+    # where the Ctrl-C found it.
     cli = [sys.executable, "-m", "ace_ray.cli", *_args(shop, broken)]
     proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env=ray_join_env)  # fmt: skip
+    frozen = []
     try:
         deadline = time.time() + 900  # generous: a loaded machine is slow, an idle one takes ~30 s
-        while time.time() < deadline and not list(broken.glob("runs/*/checkpoint_*/state.pt")):
+        while time.time() < deadline and not list(broken.glob("runs/*/checkpoint_manager_snapshot.json")):
             assert proc.poll() is None, "the run ended before it was interrupted"
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert list(broken.glob("runs/*/checkpoint_*/state.pt")), "no checkpoint within 900 s"
-        time.sleep(0.5)  # let the checkpoint be registered
+        frozen = train_worker_processes()
+        for p in frozen:
+            p.suspend()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        for p in frozen:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
     name = _run_dir(broken).name
     interrupted = _run_id(name)
     steps_before = max(_latest(interrupted, "loss"))
