@@ -37,12 +37,22 @@ def tiny_resnet(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture
-def catalogue(tmp_path, ray_session):
-    root = tmp_path / "cat"
+def _catalogue(root: Path) -> Path:
     synthesize(SynthConfig(products=24, days=1, sessions=10, shard_size=12), ClickModelConfig(), root)
     validate(root)
     return root
+
+
+@pytest.fixture
+def catalogue(tmp_path, ray_session):
+    return _catalogue(tmp_path / "cat")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ray_session):
+    """A catalogue with one store built under ``SMALL`` (shared: the tests that add a store to it say so)."""
+    root = _catalogue(tmp_path_factory.mktemp("built") / "cat")
+    return root, build_features(root, FeaturesConfig(**SMALL))
 
 
 def _break_images(root):
@@ -97,9 +107,10 @@ def test_pipeline_featurises_or_quarantines_every_image(catalogue):
     assert json.loads((store.path / fs.STATS).read_text())["featurised"] == 19
 
 
-def test_pipeline_features_equal_a_direct_forward_pass(catalogue):
+def test_pipeline_features_equal_a_direct_forward_pass(built):
+    catalogue, stats = built
     cfg = FeaturesConfig(**SMALL)
-    store = fs.FeatureStore(build_features(catalogue, cfg)["store"])
+    store = fs.FeatureStore(stats["store"])
     row = store.read(columns=["patch_features", "pixels"]).iloc[3]
     rel = read_products(catalogue).set_index("product_id").loc[row["product_id"], "image_path"]
     prepared = prepare_one(catalogue.resolve(), rel, cfg)
@@ -109,9 +120,13 @@ def test_pipeline_features_equal_a_direct_forward_pass(catalogue):
     assert row["pixels"] == prepared["pixels"]
 
 
-def test_hf_backbone_from_a_local_directory_and_whole_image_mode(catalogue, tiny_resnet):
+def test_hf_backbone_from_a_local_directory_and_whole_image_mode(built, tiny_resnet):
+    """Also: a store made under other settings lives beside the first one and becomes the latest."""
+    catalogue, first = built
     cfg = FeaturesConfig(backbone=tiny_resnet, roi=False, cnn_input=64, grid=2, batch_size=8)
     stats = build_features(catalogue, cfg)
+    assert stats["version"] != first["version"] and fs.FeatureStore(first["store"]).manifest.roi
+    assert fs.latest(catalogue / "features").manifest.version == stats["version"]
     store = fs.FeatureStore(stats["store"])
     assert store.manifest.backbone == tiny_resnet and store.manifest.feature_dim == 16
     assert not store.manifest.roi
@@ -121,18 +136,13 @@ def test_hf_backbone_from_a_local_directory_and_whole_image_mode(catalogue, tiny
     assert all(list(r) == [0, 0, w, h] for r, w, h in zip(ok["roi"], ok["width"], ok["height"], strict=True))
 
 
-def test_store_refuses_features_made_under_another_manifest(catalogue, tiny_resnet):
-    stats = build_features(catalogue, FeaturesConfig(**SMALL))
-    store = fs.FeatureStore(stats["store"])
+def test_store_refuses_features_made_under_another_manifest(built, tiny_resnet):
+    store = fs.FeatureStore(built[1]["store"])
     store.check(manifest_for(FeaturesConfig(**SMALL)))  # the same config: fine
     with pytest.raises(fs.FeatureMismatch, match=r"grid: store has 2, expected 4"):
         store.check(manifest_for(FeaturesConfig(**(SMALL | {"grid": 4}))))
     with pytest.raises(fs.FeatureMismatch, match=r"backbone: store has 'efficientnet-lite0'.*weights_sha256"):
         store.check(manifest_for(FeaturesConfig(backbone=tiny_resnet, cnn_input=64, grid=2)))
-    # Versions live side by side.
-    other = build_features(catalogue, FeaturesConfig(**(SMALL | {"roi": False})))
-    assert other["version"] != stats["version"]
-    assert fs.latest(catalogue / "features").manifest.version == other["version"]
 
 
 def test_an_interrupted_run_leaves_no_store_that_looks_finished(catalogue, monkeypatch):
