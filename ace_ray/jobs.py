@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -276,14 +278,24 @@ def serve(
     print(f"search service at {url} (POST /search, POST /similar, GET /healthz); Ctrl-C stops it", flush=True)
     if not block:
         return url
+    # SIGTERM (`kill`, `ray job stop`) stops it as Ctrl-C does. Without this, a service joined to a cluster
+    # outlived its command: Serve's applications are detached, and Ray's own handler ends the driver without
+    # unwinding to the shutdown below.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping the search service")
+        print("stopping the search service", flush=True)
     finally:
         ray_serve.shutdown()
+    print("search service stopped", flush=True)
     return url
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def summary(workload: Workload) -> dict:

@@ -128,3 +128,22 @@ def random_towers(w, store, out: Path):
     save_towers(towers, out, w.data.text.tokenizer, {"feature_manifest": dataclasses.asdict(store.manifest),
                                                      "preset": "acebert", "text": dataclasses.asdict(w.data.text)})  # fmt: skip
     return towers, out
+
+
+@pytest.fixture(scope="session")
+def served_model(featurised_shop, tmp_path_factory):
+    """(workload, root, store, model dir): random towers saved as a fine-tuned model of the shop."""
+    w, root, store = featurised_shop
+    _, model = random_towers(w, store, tmp_path_factory.mktemp("served") / "model")
+    return w, root, store, model
+
+
+@pytest.fixture(scope="session")
+def built_index(served_model, tmp_path_factory) -> Path:
+    """The index job run for real (Ray Data actors, exact index) on the shop."""
+    from ace_ray.serve.index_job import build_index_dir
+    from ace_ray.serve.settings import IndexSettings
+
+    w, root, store, model = served_model
+    cfg = IndexSettings(batch_size=64, actors=1)
+    return build_index_dir(model, root, store, tmp_path_factory.mktemp("indexes"), cfg, w.data.test_days)

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import random_towers
-
 # Autoscaling delays shortened so a test sees the QueryEncoder scale out and back in within seconds.
 FAST_SCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
                 "downscale_delay_s": 2.0, "look_back_period_s": 1.0, "metrics_interval_s": 0.2}  # fmt: skip
@@ -22,25 +20,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def served_model(featurised_shop, tmp_path_factory):
-    """(workload, root, store, model dir): random towers saved as a fine-tuned model of the shop."""
-    w, root, store = featurised_shop
-    _, model = random_towers(w, store, tmp_path_factory.mktemp("served") / "model")
-    return w, root, store, model
-
-
-@pytest.fixture(scope="session")
-def built_index(served_model, tmp_path_factory) -> Path:
-    """The index job run for real (Ray Data actors, exact index) on the shop."""
-    from ace_ray.serve.index_job import build_index_dir
-    from ace_ray.serve.settings import IndexSettings
-
-    w, root, store, model = served_model
-    cfg = IndexSettings(batch_size=64, actors=1)
-    return build_index_dir(model, root, store, tmp_path_factory.mktemp("indexes"), cfg, w.data.test_days)
 
 
 def variant_index(src: Path, out: Path, kind: str | None = None, **manifest) -> Path:
