@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -56,7 +58,6 @@ def _mlflow_store(tmp_path, monkeypatch, _empty_mlflow_db):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-# The feature settings of ``featurised_shop``'s store: a workload on that shop must name them to select it.
 def train_worker_processes() -> list:
     """The Ray Train worker processes on this machine (their process title names the actor class)."""
     import psutil
@@ -71,6 +72,17 @@ def train_worker_processes() -> list:
     return found
 
 
+def checkpoint_registered(runs: Path) -> bool:
+    """Whether Ray Train has registered a checkpoint of a run under ``runs`` (its snapshot lists one): a
+    checkpoint folder alone is not enough, rank 0 writes it before the other ranks have reported."""
+    for snap in runs.glob("*/checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(ValueError, OSError):  # being rewritten
+            if json.loads(snap.read_text())["checkpoint_results"]:
+                return True
+    return False
+
+
+# The feature settings of ``featurised_shop``'s store: a workload on that shop must name them to select it.
 SHOP_FEATURES = ("data.features.cnn_input=64", "data.features.grid=2")
 
 

@@ -9,7 +9,6 @@ and state APIs, MLflow): this process never joins that cluster, so the suite's s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SHOP_FEATURES
+from tests.conftest import SHOP_FEATURES, checkpoint_registered
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -97,11 +96,7 @@ def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp
         # and a node lost in between restarts the run from step 0.
         def checkpoint():
             assert _job_status(dash, job) in ("PENDING", "RUNNING"), _job_logs(dash, job)[-5000:]
-            for snap in shared.glob("runs/pretrain-*/checkpoint_manager_snapshot.json"):
-                with contextlib.suppress(ValueError, OSError):  # being rewritten
-                    if json.loads(snap.read_text())["checkpoint_results"]:
-                        return True
-            return False
+            return checkpoint_registered(shared / "runs")
 
         _wait("a checkpoint", checkpoint, timeout=900)
         t_ckpt = time.time() - t0

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ace_ray.cli import main
-from tests.conftest import SHOP_FEATURES, train_worker_processes
+from tests.conftest import SHOP_FEATURES, checkpoint_registered, train_worker_processes
 
 pytestmark = pytest.mark.ray
 
@@ -73,10 +73,10 @@ def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights
     frozen = []
     try:
         deadline = time.time() + 900  # generous: a loaded machine is slow, an idle one takes ~30 s
-        while time.time() < deadline and not list(broken.glob("runs/*/checkpoint_manager_snapshot.json")):
+        while time.time() < deadline and not checkpoint_registered(broken / "runs"):
             assert proc.poll() is None, "the run ended before it was interrupted"
             time.sleep(0.05)
-        assert list(broken.glob("runs/*/checkpoint_*/state.pt")), "no checkpoint within 900 s"
+        assert checkpoint_registered(broken / "runs"), "no checkpoint within 900 s"
         frozen = train_worker_processes()
         for p in frozen:
             p.suspend()
