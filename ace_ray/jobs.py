@@ -278,9 +278,9 @@ def serve(
     print(f"search service at {url} (POST /search, POST /similar, GET /healthz); Ctrl-C stops it", flush=True)
     if not block:
         return url
-    # SIGTERM (`kill`, `ray job stop`) stops it as Ctrl-C does. Without this, a service joined to a cluster
-    # outlived its command: Serve's applications are detached, and Ray's own handler ends the driver without
-    # unwinding to the shutdown below.
+    # SIGTERM (`kill`, `ray job stop`) is how a service is stopped: as Ctrl-C, a clean end (exit 0), not the
+    # error exit of the other commands. Either way the shutdown below runs, which on a cluster is what
+    # removes the application: Serve's applications outlive the driver that deployed them.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -37,6 +37,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
+        _unwind_on_sigterm("")
         return
     # A single-node Ray binds to 127.0.0.1 only with this set (see shared/RAY_NOTES.md). Ray reads the
     # variable once, when it is first imported, so the already-imported constant is set as well; child
@@ -50,22 +51,25 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     _stop_local_ray_on_exit()
 
 
-def _exit_on_sigterm(signum, frame) -> None:
-    print("ace-ray: stopped by SIGTERM; shutting down the local Ray", file=sys.stderr, flush=True)
-    # Inside a Ray wait this surfaces as Ray's SystemExit(1); elsewhere as 143. Either unwinds the command.
-    raise SystemExit(128 + signum)
+def _unwind_on_sigterm(note: str) -> None:
+    """SIGTERM (`kill`, `ray job stop`) unwinds the command, as an error would: ``ray.init`` installs a native
+    SIGTERM handler that kills the driver without running ``finally`` blocks or ``atexit``, which left
+    half-written outputs (their staging folders) behind, and a local Ray's agents and workers orphaned. A
+    Python handler that raises ``SystemExit`` lets the command clean up; ``note`` ends its message."""
+
+    def exit_on_sigterm(signum, frame) -> None:
+        print(f"ace-ray: stopped by SIGTERM{note}", file=sys.stderr, flush=True)
+        # Inside a Ray wait this surfaces as Ray's SystemExit(1); elsewhere as 143. Either unwinds the command.
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
 
 
 def _stop_local_ray_on_exit() -> None:
-    """The local Ray this process started goes down with it, however the command ends.
-
-    ``ray.init`` installs a native SIGTERM handler that kills the driver without running ``atexit``, which
-    left the raylet's agents and workers orphaned. A Python handler that raises ``SystemExit`` instead
-    unwinds the command (its ``finally`` blocks remove half-written outputs) and then runs ``atexit``.
-    """
+    """The local Ray this process started goes down with it, however the command ends (SIGTERM included)."""
     atexit.register(ray.shutdown)  # Ray registers one too; repeating it is harmless
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _unwind_on_sigterm("; shutting down the local Ray")
 
 
 def cluster_cpus() -> int:

@@ -106,3 +106,38 @@ def test_sigterm_stops_the_local_ray_a_command_started(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_unwinds_a_command_joined_to_a_running_ray(tmp_path, ray_join_env):
+    """`ray job stop` (SIGTERM) of a command on a cluster: it unwinds through its own clean-up (``finally``
+    blocks, ``atexit``), not killed by Ray's native handler, and the Ray it joined goes on. (Its staging
+    folder is not checked: the synth's Ray tasks outlive the driver by a moment and may write into it again.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ray
+
+    exe = Path(sys.executable).parent / "ace-ray"
+    out = tmp_path / "shop"
+    cmd = [str(exe), "synth", "--out", str(out), "--products", "20000", f"workspace={tmp_path}"]
+    proc = subprocess.Popen(
+        cmd, env=ray_join_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not next(out.rglob("*.jpg"), None):
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert next(out.rglob("*.jpg"), None), "no photo drawn within 120 s"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        err = proc.stderr.read().decode()
+        assert "ace-ray: stopped by SIGTERM" in err and "local Ray" not in err, err[-2000:]
+        assert "SIGTERM received" not in err and proc.returncode in (1, 128 + signal.SIGTERM), err[-2000:]
+        assert ray.cluster_resources().get("CPU", 0) > 0  # the joined Ray is still there
+    finally:
+        if proc.poll() is None:
+            proc.kill()
