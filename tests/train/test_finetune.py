@@ -2,6 +2,7 @@
 adversarial game is logged (D's accuracy, the centroid gap), and the saved towers reload without training
 code and embed exactly as they did in training."""
 
+import zlib
 from pathlib import Path
 
 import mlflow
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from ace_ray import tracking
+from ace_ray.data import feature_store as fs
 from ace_ray.model.presets import load_with_preset
 from ace_ray.model.towers import load_towers
 from ace_ray.train.finetune import run_finetune
@@ -59,25 +61,48 @@ def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
     assert q.shape == (1, 128) and torch.allclose(q.norm(dim=-1), torch.ones(1), atol=1e-5)
 
 
+def _expected_steps(w, total: int) -> tuple[dict[int, float], list[dict[int, float]]]:
+    """What a run without the game would see at each optimiser step, computed without training: the schedule's
+    learning rate, and each rank's batch fingerprint (the crc32 of the batch ids its plan deals it)."""
+    from ace_ray.data.batching import cached_finetune_batches
+    from ace_ray.data.plan import stream
+    from ace_ray.train.finetune import plan_steps
+    from ace_ray.train.worker import optimizer_and_schedule
+
+    opt, sched = optimizer_and_schedule(torch.nn.Linear(1, 1), w.finetune.train, total)
+    lr = {}
+    for step in range(1, total + 1):  # logged after the step's scheduler step
+        opt.step()
+        sched.step()
+        lr[step] = sched.get_last_lr()[0]
+    batch_dir, _ = cached_finetune_batches(w.path(w.data.root), fs.for_workload(w), w.data.held_out_days,
+                                           w.data.batches, w.data.text)  # fmt: skip
+    plan, _ = plan_steps(w, batch_dir, w.finetune.train.workers)
+    data = [{i + 1: float(zlib.crc32(np.asarray([int(b["batch_id"][0])], np.uint64).tobytes()))
+             for i, b in enumerate(stream(plan, 0, rank, ["batch_id"])) if i < total}
+            for rank in range(w.finetune.train.workers)]  # fmt: skip
+    return lr, data
+
+
 def test_the_adversarial_game_takes_no_encoder_step_and_no_batch(shop, tmp_path):
-    """Alternating mode: D's steps come on top of the encoder's. The encoder steps, the learning-rate
-    schedule and the batches it sees are those of the same run without the game."""
+    """Both ways of playing the game: D's steps come on top of the encoder's. The encoder steps, the
+    learning-rate schedule and the batches it sees are those of the same run without the game (computed
+    from the schedule and the batch plan, which a run without the game follows: tests/train/test_resume.py)."""
     common = (
         "finetune.train.max_steps=6",
         "finetune.adversarial.encoder_steps=2",
         "finetune.adversarial.disc_steps=2",
     )
     runs = {}
-    for mode in ("none", "alternating", "grl"):
+    for mode in ("alternating", "grl"):
         w = workload(shop, tmp_path / mode, "acebert", f"finetune.adversarial.mode={mode}", *common)
         runs[mode] = (w, run_finetune(w))
-    base_w, base = runs["none"]
-    for mode in ("alternating", "grl"):
-        w, res = runs[mode]
+    lr, data = _expected_steps(runs["grl"][0], 6)
+    for mode, (w, res) in runs.items():
         assert res["step"] == 6
-        for key in ("lr", "data_r0", "data_r1"):  # same schedule, same batches on both workers
-            assert history(w, res["run_id"], key) == history(base_w, base["run_id"], key), (mode, key)
-        assert len(set(history(w, res["run_id"], "data_r0").values())) == 6  # a new batch every step
+        assert history(w, res["run_id"], "lr") == pytest.approx(lr), mode
+        for rank, want in enumerate(data):  # the plan's batches, one new batch a step on both workers
+            assert history(w, res["run_id"], f"data_r{rank}") == want, (mode, rank)
         disc = history(w, res["run_id"], "disc_steps")
         # alternating: 2 D steps after encoder steps 2, 4 and 6; gradient reversal: one with every step
         assert disc == (
@@ -86,6 +111,7 @@ def test_the_adversarial_game_takes_no_encoder_step_and_no_batch(shop, tmp_path)
             else {s: float(s) for s in range(1, 7)}
         )
         assert len(history(w, res["run_id"], "d_acc")) == 6
+    assert len(set(data[0].values())) == 6
     _, info = load_towers(runs["alternating"][1]["model_dir"])
     assert info["hot_queries"] and info["split"]["test_days"] == 1
 
