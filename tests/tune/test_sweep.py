@@ -27,7 +27,9 @@ pytestmark = pytest.mark.ray
 # A learning rate that learns and one that cannot, in that order and one at a time. The sweep is killed
 # after the first; the weak one runs after the resume, so ASHA stops it only if the resumed sweep kept the
 # first trial's rung records (alone at its rung, it would have nothing to be cut against). Recall@10: on the
-# ~130-product validation pool Recall@100 is ~0.77 by chance.
+# ~130-product validation pool Recall@100 is ~0.77 by chance. 8 steps, reports every 2: the kill can come
+# after the weak trial's first checkpoint (Tune sees the first trial finished only when it next saves its
+# state), and the resumed trial then continues from step 2; its next report must still be before its end.
 SPACE = """name: smoke
 metric: val_recall_at_10
 mode: max
@@ -38,7 +40,7 @@ max_concurrent: 1
 compare: [cebert]
 params:
   finetune.train.lr: {grid: [0.004, 1.0e-9]}
-fixed: [data.val_days=1, finetune.val_k=10, finetune.train.max_steps=4, finetune.train.checkpoint_every=2]
+fixed: [data.val_days=1, finetune.val_k=10, finetune.train.max_steps=8, finetune.train.checkpoint_every=2]
 """
 
 
