@@ -32,17 +32,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import record  # noqa: E402
-from photo_colour import FEATURES  # noqa: E402
+from photo_colour import FEATURES, colour_hidden_shop  # noqa: E402
 
-from ace_ray.config import ClickModelConfig, FeaturesConfig, RayConfig, SynthConfig  # noqa: E402
+from ace_ray.config import RayConfig  # noqa: E402
 from ace_ray.data import feature_store as fs  # noqa: E402
 from ace_ray.data import lexicon, text  # noqa: E402
 from ace_ray.data.click_stream import read_train_clicks  # noqa: E402
-from ace_ray.data.features import build_features  # noqa: E402
 from ace_ray.data.schema import GROUND_TRUTH_FILE, read_products  # noqa: E402
-from ace_ray.data.synth.generate import synthesize  # noqa: E402
 from ace_ray.data.synth.taxonomy import COLOURS  # noqa: E402
-from ace_ray.data.validate import validate  # noqa: E402
 from ace_ray.eval.embed import product_inputs  # noqa: E402
 from ace_ray.model.losses import bidirectional_softmax_loss  # noqa: E402
 from ace_ray.model.presets import load_with_preset  # noqa: E402
@@ -155,11 +152,7 @@ def main() -> None:
     ensure_ray(RayConfig(num_cpus=4))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "shop"
-        synth = SynthConfig(products=args.products, days=4, sessions=args.sessions, shard_size=100,
-                            hide_in_title=["colour"])  # fmt: skip
-        synthesize(synth, ClickModelConfig(), root)
-        validate(root)
-        build_features(root, FeaturesConfig(cnn_input=64, grid=2, batch_size=32))
+        colour_hidden_shop(root, args.products, args.sessions)
         truth = pd.read_parquet(root / GROUND_TRUTH_FILE).set_index("product_id")
         pairs, named, matched = click_signal(root, truth)
         print(f"[colour_signal] {pairs:,} training pairs; {named} name a colour ({named / pairs:.1%}); "
