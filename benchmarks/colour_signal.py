@@ -15,12 +15,15 @@ on a synthetic shop whose titles never name the colour. This benchmark separates
         [--rows "cebert finetune.fusion=additive" cebert]
 
 Prints the figures and appends them, with the machine, to benchmarks/results/colour_signal.md.
+``--clicks-of ROOT`` only counts (1) on a validated catalogue with a ``colour`` column, such as a
+fashion-products import made with ``--hide-in-title colour``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -49,16 +52,23 @@ from ace_ray.runtime import ensure_ray  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_signal.md"
 
 
-def click_signal(root: Path, truth: pd.DataFrame) -> tuple[int, int, int]:
-    """(training pairs, pairs whose query names a colour, of those: clicked product of that colour)."""
-    words = {form: c for c in COLOURS for form in lexicon.surface_forms(c)}
+def click_signal(root: Path, colour_of: pd.Series, forms: dict[str, str]) -> tuple[int, int, int]:
+    """(training pairs, pairs whose query names a colour, of those: clicked product of that colour).
+    ``colour_of``: product_id -> colour; ``forms``: each way a query writes a colour -> that colour."""
+    said = re.compile(r"\b(" + "|".join(map(re.escape, sorted(forms, key=len, reverse=True))) + r")\b")
     pairs = read_train_clicks(root, test_days=1).to_pandas()
     named = matched = 0
     for query, pid in zip(pairs["query"], pairs["product_id"], strict=True):
-        said = {words[t] for t in str(query).lower().split() if t in words}
-        named += bool(said)
-        matched += truth.loc[pid, "colour"] in said
+        colours = {forms[f] for f in said.findall(str(query).lower())}
+        named += bool(colours)
+        matched += colour_of.loc[pid] in colours
     return len(pairs), named, matched
+
+
+def _print_signal(where: str, pairs: int, named: int, matched: int) -> None:
+    print(f"[colour_signal] {where}: {pairs:,} training pairs; {named:,} name a colour ({named / pairs:.1%}); "
+          f"{matched:,} of those clicked a product of that colour ({matched / pairs:.1%} of all, "
+          f"{matched / max(1, named):.0%} of those naming one)", flush=True)  # fmt: skip
 
 
 def _ids(texts: list[str], tc: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,16 +157,24 @@ def main() -> None:
     )
     ap.add_argument("--rows", nargs="+", default=["cebert finetune.fusion=additive", "twinbert"])
     ap.add_argument("--no-record", action="store_true", help="print only")
+    ap.add_argument("--clicks-of", metavar="ROOT", help="only count the colour signal in the click log of a validated "
+                    "catalogue with a `colour` column (e.g. a fashion-products import)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(2)
     ensure_ray(RayConfig(num_cpus=4))
+    if args.clicks_of:
+        root = Path(args.clicks_of)
+        colour_of = read_products(root).set_index("product_id")["colour"].str.lower()
+        counts = click_signal(root, colour_of, {c: c for c in colour_of.dropna().unique()})
+        _print_signal(str(root), *counts)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "shop"
         colour_hidden_shop(root, args.products, args.sessions)
         truth = pd.read_parquet(root / GROUND_TRUTH_FILE).set_index("product_id")
-        pairs, named, matched = click_signal(root, truth)
-        print(f"[colour_signal] {pairs:,} training pairs; {named} name a colour ({named / pairs:.1%}); "
-              f"{matched} of those clicked a product of that colour ({matched / pairs:.1%} of all)", flush=True)  # fmt: skip
+        forms = {form: c for c in COLOURS for form in lexicon.surface_forms(c)}
+        pairs, named, matched = click_signal(root, truth["colour"], forms)
+        _print_signal("synthetic shop", pairs, named, matched)
         rows = []
         for row in args.rows:
             for arg in args.shares:
