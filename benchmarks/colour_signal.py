@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import record  # noqa: E402
 from photo_colour import FEATURES, colour_hidden_shop  # noqa: E402
 
-from ace_ray.config import RayConfig  # noqa: E402
+from ace_ray.config import ClickModelConfig, RayConfig  # noqa: E402
 from ace_ray.data import feature_store as fs  # noqa: E402
 from ace_ray.data import lexicon, text  # noqa: E402
 from ace_ray.data.click_stream import read_train_clicks  # noqa: E402
@@ -157,6 +157,9 @@ def main() -> None:
     )
     ap.add_argument("--rows", nargs="+", default=["cebert finetune.fusion=additive", "twinbert"])
     ap.add_argument("--no-record", action="store_true", help="print only")
+    ap.add_argument("--mismatch", type=float, default=ClickModelConfig().attribute_mismatch,
+                    help="the simulated shoppers' data.clicks.attribute_mismatch (relevance kept per asked "
+                    "attribute a product lacks)")  # fmt: skip
     ap.add_argument("--clicks-of", metavar="ROOT", help="only count the colour signal in the click log of a validated "
                     "catalogue with a `colour` column (e.g. a fashion-products import)")  # fmt: skip
     args = ap.parse_args()
@@ -170,7 +173,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "shop"
-        colour_hidden_shop(root, args.products, args.sessions)
+        clicks = ClickModelConfig(attribute_mismatch=args.mismatch)
+        colour_hidden_shop(root, args.products, args.sessions, clicks)
         truth = pd.read_parquet(root / GROUND_TRUTH_FILE).set_index("product_id")
         forms = {form: c for c in COLOURS for form in lexicon.surface_forms(c)}
         pairs, named, matched = click_signal(root, truth["colour"], forms)
@@ -185,7 +189,7 @@ def main() -> None:
                       f"{p:.3f} after {args.steps} steps (commonest colour: {chance:.3f})", flush=True)  # fmt: skip
                 rows.append([row, what, f"{p:.3f}", f"{chance:.3f}"])
     if not args.no_record:
-        title = (f"colour only in the photo, held-out products ({args.products} products, tiny random BERT, {args.steps} steps of 32); "
+        title = (f"colour only in the photo, held-out products (attribute_mismatch {args.mismatch:g}, {args.products} products, tiny random BERT, {args.steps} steps of 32); "
                  f"click log: {named / pairs:.1%} of {pairs:,} pairs name a colour, {matched / pairs:.1%} "
                  "name the clicked product's")  # fmt: skip
         record(str(RESULTS), title, ["row", "training pairs", "held-out colour accuracy", "commonest colour's share"], rows,

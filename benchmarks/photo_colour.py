@@ -44,12 +44,14 @@ RESULTS = Path(__file__).resolve().parent / "results" / "photo_colour.md"
 FEATURES = ("data.features.cnn_input=64", "data.features.grid=2")
 
 
-def colour_hidden_shop(root: Path, products: int, sessions: int) -> None:
+def colour_hidden_shop(
+    root: Path, products: int, sessions: int, clicks: ClickModelConfig | None = None
+) -> None:
     """A validated, featurised synthetic shop at ``root`` whose titles never name the colour (4 days)."""
     synth = SynthConfig(
         products=products, days=4, sessions=sessions, shard_size=100, hide_in_title=["colour"]
     )
-    synthesize(synth, ClickModelConfig(), root)
+    synthesize(synth, clicks or ClickModelConfig(), root)
     validate(root)
     build_features(root, FeaturesConfig(cnn_input=64, grid=2, batch_size=32))
 
