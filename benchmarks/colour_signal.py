@@ -50,12 +50,13 @@ from ace_ray.model.towers import build_towers, encode_query_texts  # noqa: E402
 from ace_ray.runtime import ensure_ray  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_signal.md"
+CLICK_PAIRS = {"clicks": "the click log's pairs", "colour-clicks": "the click log's pairs naming a colour"}
 
 
 def click_signal(root: Path, colour_of: pd.Series, forms: dict[str, str]) -> tuple[int, int, int]:
     """(training pairs, pairs whose query names a colour, of those: clicked product of that colour).
     ``colour_of``: product_id -> colour; ``forms``: each way a query writes a colour -> that colour."""
-    said = re.compile(r"\b(" + "|".join(map(re.escape, sorted(forms, key=len, reverse=True))) + r")\b")
+    said = _colour_words(forms)
     pairs = read_train_clicks(root, test_days=1).to_pandas()
     named = matched = 0
     for query, pid in zip(pairs["query"], pairs["product_id"], strict=True):
@@ -63,6 +64,11 @@ def click_signal(root: Path, colour_of: pd.Series, forms: dict[str, str]) -> tup
         named += bool(colours)
         matched += colour_of.loc[pid] in colours
     return len(pairs), named, matched
+
+
+def _colour_words(forms: dict[str, str]) -> re.Pattern:
+    """A pattern finding the colour phrases of ``forms`` in a lower-case query, longest first."""
+    return re.compile(r"\b(" + "|".join(map(re.escape, sorted(forms, key=len, reverse=True))) + r")\b")
 
 
 def _print_signal(where: str, pairs: int, named: int, matched: int) -> None:
@@ -77,12 +83,13 @@ def _ids(texts: list[str], tc: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_and_probe(
-    root: Path, row: str, share: float | None, steps: int, seed: int = 0
+    root: Path, row: str, share: float | str, steps: int, seed: int = 0
 ) -> tuple[float, float]:
     """Colour accuracy on held-out products of towers trained ``steps`` steps of 32 pairs (the colour whose
     query "<colour> <category>" scores highest is the product's), and the share of the commonest colour among
     the training products (what always guessing it scores). The pairs: synthetic queries naming the colour
-    in a ``share`` of them, or (``share=None``) the click log's own training pairs of those products."""
+    in a ``share`` of them, or the click log's own training pairs of those products (``share="clicks"``), or
+    only those of them whose query names a colour (``"colour-clicks"``)."""
     name, *extra = row.split()
     w = load_with_preset(None, [f"data.root={root}", "data.test_days=1", "model.init=random", "model.size=tiny",
                                 "model.layers=2", *FEATURES, *extra], name)  # fmt: skip
@@ -109,9 +116,12 @@ def train_and_probe(
         i=products.reset_index().set_index("product_id").loc[clicks["product_id"], "index"].to_numpy()
     )
     clicks = clicks[~held[clicks["i"].to_numpy()]]
+    if share == "colour-clicks":
+        said = _colour_words({form: c for c in COLOURS for form in lexicon.surface_forms(c)})
+        clicks = clicks[[bool(said.search(str(q).lower())) for q in clicks["query"]]]
     click_ids, click_mask = _ids(clicks["query"].tolist(), tc)
     for _ in range(steps):
-        if share is None:
+        if isinstance(share, str):
             c = torch.from_numpy(rng.choice(len(clicks), 32, replace=False))
             b = torch.from_numpy(clicks["i"].to_numpy()[c.numpy()])
             batch = {k: v[b] for k, v in inputs.items()} | {
@@ -153,7 +163,8 @@ def main() -> None:
         "--shares",
         nargs="+",
         default=["1.0", "0.12", "clicks"],
-        help="shares of synthetic queries naming the colour; 'clicks': the click log's pairs",
+        help="shares of synthetic queries naming the colour; 'clicks': the click log's pairs; 'colour-clicks': "
+        "those of them whose query names a colour",
     )
     ap.add_argument("--rows", nargs="+", default=["cebert finetune.fusion=additive", "twinbert"])
     ap.add_argument("--no-record", action="store_true", help="print only")
@@ -182,8 +193,8 @@ def main() -> None:
         rows = []
         for row in args.rows:
             for arg in args.shares:
-                share = None if arg == "clicks" else float(arg)
-                what = "the click log's pairs" if share is None else f"colour named in {share:.0%} of queries"
+                share = arg if arg in CLICK_PAIRS else float(arg)
+                what = CLICK_PAIRS.get(arg) or f"colour named in {float(arg):.0%} of queries"
                 p, chance = train_and_probe(root, row, share, args.steps)
                 print(f"[colour_signal] {row}, {what}: colour accuracy "
                       f"{p:.3f} after {args.steps} steps (commonest colour: {chance:.3f})", flush=True)  # fmt: skip
