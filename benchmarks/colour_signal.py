@@ -51,6 +51,7 @@ from ace_ray.runtime import ensure_ray  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_signal.md"
 CLICK_PAIRS = {"clicks": "the click log's pairs", "colour-clicks": "the click log's pairs naming a colour"}
+SYNTH_COLOURS = {form: c for c in COLOURS for form in lexicon.surface_forms(c)}  # how a query writes a colour
 
 
 def click_signal(root: Path, colour_of: pd.Series, forms: dict[str, str]) -> tuple[int, int, int]:
@@ -77,6 +78,24 @@ def _print_signal(where: str, pairs: int, named: int, matched: int) -> None:
           f"{matched / max(1, named):.0%} of those naming one)", flush=True)  # fmt: skip
 
 
+def _ask(colour: str, category: str) -> str:
+    """The probe's query for a colour and a category: "<colour> <category>" in their first surface forms."""
+    return f"{lexicon.surface_forms(colour)[0]} {lexicon.surface_forms(category)[0]}"
+
+
+def _click_pairs(root: Path, products: pd.DataFrame, held: np.ndarray, colour_only: bool) -> pd.DataFrame:
+    """The click log's training pairs of the products not held out, with each product's row ``i`` in
+    ``products``; with ``colour_only``, only those whose query names a colour."""
+    clicks = read_train_clicks(root, test_days=1).to_pandas()
+    index = pd.Series(np.arange(len(products)), index=products["product_id"])
+    clicks = clicks.assign(i=index.loc[clicks["product_id"]].to_numpy())
+    clicks = clicks[~held[clicks["i"].to_numpy()]]
+    if colour_only:
+        said = _colour_words(SYNTH_COLOURS)
+        clicks = clicks[[bool(said.search(str(q).lower())) for q in clicks["query"]]]
+    return clicks
+
+
 def _ids(texts: list[str], tc: dict) -> tuple[torch.Tensor, torch.Tensor]:
     enc = text.encode(texts, tc["max_query"], tc["tokenizer"])
     return tuple(torch.from_numpy(enc[k].astype(np.int64)) for k in ("input_ids", "attention_mask"))
@@ -101,25 +120,19 @@ def train_and_probe(
     inputs = product_inputs(
         rows.assign(title=products["title"].to_numpy(), hot_queries=None), store.manifest, tc
     )
-    colour = [lexicon.surface_forms(c)[0] for c in truth["colour"]]
-    category = [lexicon.surface_forms(c)[0] for c in products["category"]]
-    named_ids, named_mask = _ids([f"{c} {k}" for c, k in zip(colour, category, strict=True)], tc)
-    plain_ids, plain_mask = _ids(category, tc)
+    named_ids, named_mask = _ids(
+        [_ask(c, k) for c, k in zip(truth["colour"], products["category"], strict=True)], tc
+    )
+    plain_ids, plain_mask = _ids([lexicon.surface_forms(k)[0] for k in products["category"]], tc)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     towers = build_towers(w, store.manifest.feature_dim, store.manifest.pixel_dim)
     opt = torch.optim.AdamW(towers.parameters(), lr=0.002)
     held = rng.random(len(products)) < 0.2
     train = np.flatnonzero(~held)
-    clicks = read_train_clicks(root, test_days=1).to_pandas()
-    clicks = clicks.assign(
-        i=products.reset_index().set_index("product_id").loc[clicks["product_id"], "index"].to_numpy()
-    )
-    clicks = clicks[~held[clicks["i"].to_numpy()]]
-    if share == "colour-clicks":
-        said = _colour_words({form: c for c in COLOURS for form in lexicon.surface_forms(c)})
-        clicks = clicks[[bool(said.search(str(q).lower())) for q in clicks["query"]]]
-    click_ids, click_mask = _ids(clicks["query"].tolist(), tc)
+    if isinstance(share, str):
+        clicks = _click_pairs(root, products, held, colour_only=share == "colour-clicks")
+        click_ids, click_mask = _ids(clicks["query"].tolist(), tc)
     for _ in range(steps):
         if isinstance(share, str):
             c = torch.from_numpy(rng.choice(len(clicks), 32, replace=False))
@@ -146,8 +159,8 @@ def train_and_probe(
     cats = products["category"].to_numpy()[held]
     with torch.inference_mode():
         emb = towers.encode_products({k: v[torch.from_numpy(held)] for k, v in inputs.items()}).numpy()
-        scores = np.stack([np.einsum("nd,nd->n", encode_query_texts(towers, [
-            f"{lexicon.surface_forms(c)[0]} {lexicon.surface_forms(k)[0]}" for k in cats], tc), emb) for c in names], 1)  # fmt: skip
+        scores = np.stack([np.einsum("nd,nd->n", encode_query_texts(towers, [_ask(c, k) for k in cats], tc), emb)
+                           for c in names], 1)  # fmt: skip
     truth_held = truth["colour"].to_numpy()[held]
     accuracy = float((np.asarray(names)[scores.argmax(1)] == truth_held).mean())
     majority = float(pd.Series(truth["colour"].to_numpy()[~held]).value_counts(normalize=True).iloc[0])
@@ -187,8 +200,7 @@ def main() -> None:
         clicks = ClickModelConfig(attribute_mismatch=args.mismatch)
         colour_hidden_shop(root, args.products, args.sessions, clicks)
         truth = pd.read_parquet(root / GROUND_TRUTH_FILE).set_index("product_id")
-        forms = {form: c for c in COLOURS for form in lexicon.surface_forms(c)}
-        pairs, named, matched = click_signal(root, truth["colour"], forms)
+        pairs, named, matched = click_signal(root, truth["colour"], SYNTH_COLOURS)
         _print_signal("synthetic shop", pairs, named, matched)
         rows = []
         for row in args.rows:
