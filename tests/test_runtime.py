@@ -66,43 +66,59 @@ def _ray_processes(proc) -> list:
     return [p for p in proc.children(recursive=True) if p.is_running()]
 
 
-@pytest.mark.ray
-def test_sigterm_stops_the_local_ray_a_command_started(tmp_path):
-    """`kill <ace-ray>` must not leave the raylet's agents and workers running without it."""
-    import os
-    import signal
+def _synth_drawing(tmp_path, env: dict):
+    """`ace-ray synth` of a shop too big to finish, in its own process, once its Ray tasks are drawing
+    products (the driver then waits on them inside Ray's native code)."""
     import subprocess
     import sys
     import time
     from pathlib import Path
 
+    exe = Path(sys.executable).parent / "ace-ray"
+    out = tmp_path / "shop"
+    cmd = [str(exe), "synth", "--out", str(out), "--products", "20000", f"workspace={tmp_path}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    # (the shop is drawn into a hidden staging folder inside --out until it is published)
+    while time.monotonic() < deadline and proc.poll() is None and not next(out.rglob("*.jpg"), None):
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise AssertionError(proc.stderr.read().decode()[-2000:])
+    if not next(out.rglob("*.jpg"), None):
+        proc.kill()
+        raise AssertionError("no photo drawn within 120 s")
+    return proc
+
+
+def _stderr_after_sigterm(proc) -> str:
+    """SIGTERM, then the command's stderr once it ended. It must have unwound through its own clean-up, not
+    been killed by Ray's native signal handler (an abort that skips `finally` and `atexit`), and must not
+    claim success."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
+    assert "SIGTERM received" not in err and proc.returncode in (1, 128 + signal.SIGTERM), err[-2000:]
+    return err
+
+
+@pytest.mark.ray
+def test_sigterm_stops_the_local_ray_a_command_started(tmp_path):
+    """`kill <ace-ray>` must not leave the raylet's agents and workers running without it."""
+    import os
+
     import psutil
 
-    exe = Path(sys.executable).parent / "ace-ray"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [str(exe), "synth", "--out", str(tmp_path / "shop"), "--products", "20000", f"workspace={tmp_path}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = _synth_drawing(tmp_path, {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     try:
-        driver, deadline = psutil.Process(proc.pid), time.monotonic() + 120
-        # Wait until Ray tasks are drawing products (the driver waits on them inside Ray's native code).
-        while time.monotonic() < deadline and proc.poll() is None:
-            # (the shop is drawn into a hidden staging folder inside --out until it is published)
-            if next((tmp_path / "shop").rglob("*.jpg"), None):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        started = _ray_processes(driver)
+        started = _ray_processes(psutil.Process(proc.pid))
         assert any("raylet" in p.name() for p in started), [p.name() for p in started]
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        err = _stderr_after_sigterm(proc)
         gone, alive = psutil.wait_procs(started, timeout=20)
         alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
         assert not alive, [f"{p.pid} {p.name()}" for p in alive]
-        # It unwound through its own clean-up, not killed by Ray's native signal handler (an abort that
-        # skips `atexit` and so `ray.shutdown`), and does not claim success.
-        err = proc.stderr.read().decode()
         assert "stopped by SIGTERM; shutting down the local Ray" in err, err[-2000:]
-        assert "SIGTERM received" not in err and proc.returncode in (1, 128 + signal.SIGTERM), err[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -112,31 +128,12 @@ def test_sigterm_unwinds_a_command_joined_to_a_running_ray(tmp_path, ray_join_en
     """`ray job stop` (SIGTERM) of a command on a cluster: it unwinds through its own clean-up (``finally``
     blocks, ``atexit``), not killed by Ray's native handler, and the Ray it joined goes on. (Its staging
     folder is not checked: the synth's Ray tasks outlive the driver by a moment and may write into it again.)"""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     import ray
 
-    exe = Path(sys.executable).parent / "ace-ray"
-    out = tmp_path / "shop"
-    cmd = [str(exe), "synth", "--out", str(out), "--products", "20000", f"workspace={tmp_path}"]
-    proc = subprocess.Popen(
-        cmd, env=ray_join_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
-    )
+    proc = _synth_drawing(tmp_path, ray_join_env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not next(out.rglob("*.jpg"), None):
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert next(out.rglob("*.jpg"), None), "no photo drawn within 120 s"
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        err = proc.stderr.read().decode()
+        err = _stderr_after_sigterm(proc)
         assert "ace-ray: stopped by SIGTERM" in err and "local Ray" not in err, err[-2000:]
-        assert "SIGTERM received" not in err and proc.returncode in (1, 128 + signal.SIGTERM), err[-2000:]
         assert ray.cluster_resources().get("CPU", 0) > 0  # the joined Ray is still there
     finally:
         if proc.poll() is None:
