@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from ace_ray.eval import report
 from ace_ray.tune.space import Space, _fmt
 
 PARTITIONS, GAMMA = "data.batches.partitions", "finetune.gamma"
+_UNWIND_S = 10.0  # how long a stopped trial's process may take to close its own MLflow run
 
 
 def trials_table(grid, space: Space) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -46,6 +48,7 @@ def _close_child_runs(base: Workload, table: pd.DataFrame, parent_run_id: str) -
     import mlflow
 
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri(base))
+    stopped = []
     for row in table.itertuples():
         run_id = tracking.find_run(base, "tune_trial_id", row.trial_id)
         if run_id is None:
@@ -53,10 +56,20 @@ def _close_child_runs(base: Workload, table: pd.DataFrame, parent_run_id: str) -
         client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
         client.set_tag(run_id, "stopped_early", str(row.stopped_early).lower())
         client.set_tag(run_id, "stopped_at_step", str(row.steps))
-        if row.stopped_early:  # ended by the scheduler, however its process went down
-            client.set_terminated(run_id, "KILLED")
+        if row.stopped_early:
+            stopped.append(run_id)
         elif client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, "FAILED")
+    # A trial the scheduler stopped closes its own run as its process unwinds (FAILED: it ended on an
+    # exception), at times after fit() has returned, and that would overwrite a KILLED written before it. So
+    # wait for those writes (bounded: a process killed outright never makes one), then mark the runs KILLED.
+    deadline = time.monotonic() + _UNWIND_S
+    while stopped and time.monotonic() < deadline:
+        if all(client.get_run(r).info.status != "RUNNING" for r in stopped):
+            break
+        time.sleep(0.2)
+    for run_id in stopped:
+        client.set_terminated(run_id, "KILLED")
 
 
 def best_workload(base: Workload, config: dict) -> Workload:
