@@ -233,7 +233,7 @@ class TrainConfig:
     placement: str = _f("PACK", choices=("PACK", "SPREAD"))
     log_every: int = _f(10, ge=1)
     seed: int = 0
-    bf16: bool = True  # autocast on GPU
+    bf16: bool = True  # bf16 autocast on GPUs and on CPUs with bf16 instructions (AVX512-BF16, AMX)
 
 
 @dataclass

@@ -1,7 +1,11 @@
-"""Pretraining samples/s of one model, batch and data through (a) a bare PyTorch loop in one process,
-(b) Ray Train with 1 worker and (c) Ray Train with 2 workers; prints the ratios and records them.
+"""Training throughput. ``--stage pretrain`` (the default): pretraining samples/s of one model, batch and data
+through (a) a bare PyTorch loop in one process, (b) Ray Train with 1 worker and (c) Ray Train with 2 workers;
+prints the ratios and records them. ``--stage finetune``: fine-tuning pairs/s through Ray Train (2 workers,
+batches of 64 pairs, MiniLM's first 2 layers: the ``tables_fashion.yaml`` budget) for each preset of
+``--presets``, in float32 and in bf16 autocast (``finetune.train.bf16``; on a CPU only where it multiplies bf16).
 
     python benchmarks/train_throughput.py [--products 1200] [--steps 60] [model.size=small ...]
+    python benchmarks/train_throughput.py --stage finetune [--presets acebert twinbert] [--steps 12]
 
 Each Ray Train worker gets 1 CPU and 1 torch thread, as does the bare loop, so (b) / (a) is the cost of Ray
 Train and of its workers reading their share of the set (goal: at least 0.9) and (c) / (b) the scaling from
@@ -32,8 +36,10 @@ from ace_ray.data.synth.generate import synthesize  # noqa: E402
 from ace_ray.data.validate import validate  # noqa: E402
 from ace_ray.model.encoder import build_encoder  # noqa: E402
 from ace_ray.model.heads import CEBertPretraining  # noqa: E402
+from ace_ray.model.presets import load_with_preset  # noqa: E402
 from ace_ray.runtime import ensure_ray  # noqa: E402
 from ace_ray.train import worker  # noqa: E402
+from ace_ray.train.finetune import run_finetune  # noqa: E402
 from ace_ray.train.pretrain import make_batch, products_per_batch, run_pretrain, weighted_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.md"
@@ -69,13 +75,48 @@ def bare_loop(w, set_path: Path, store: fs.FeatureStore, steps: int) -> float:
     return samples / (time.perf_counter() - t0)
 
 
+def finetune_rates(args) -> None:
+    """Fine-tuning pairs/s per preset in float32 and in bf16 autocast, through Ray Train; recorded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "shop"
+        base = [f"workspace={tmp}", f"data.root={root}", "data.test_days=1", "data.batches.batch_size=64",
+                "data.batches.partitions=8", "model.init=minilm", "model.layers=2", "finetune.train.workers=2",
+                f"finetune.train.max_steps={args.steps}", "finetune.train.checkpoint_every=100000",
+                "finetune.train.log_every=4", *args.overrides]  # fmt: skip
+        ensure_ray(load_workload(None, base).ray)
+        synthesize(SynthConfig(products=args.products, days=3, sessions=600), ClickModelConfig(), root)
+        validate(root)
+        build_features(root, FeaturesConfig())
+        rows, fast = [], worker.uses_bf16(torch.device("cpu"), True)
+        for preset in args.presets:
+            rate = {}
+            for bf16 in (False, True):
+                w = load_with_preset(None, [*base, f"finetune.train.bf16={str(bf16).lower()}"], preset)
+                rate[bf16] = run_finetune(w)["samples_per_s"]
+                print(f"{preset}, bf16={bf16}: {rate[bf16]:.1f} pairs/s", flush=True)
+            rows.append(
+                [preset, f"{rate[False]:.1f}", f"{rate[True]:.1f}", f"{rate[True] / rate[False]:.2f}"]
+            )
+    if not args.no_record:
+        title = (f"fine-tuning throughput (MiniLM, 2 layers, 2 Ray Train workers x 1 CPU, 64 pairs per worker-batch, "
+                 f"{args.steps} steps; this CPU {'multiplies' if fast else 'does not multiply'} bf16)")  # fmt: skip
+        record(str(RESULTS), title, ["preset", "float32 pairs/s", "bf16 autocast pairs/s", "speed-up"], rows,
+               "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]))  # fmt: skip
+        print(f"recorded in {RESULTS}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=("pretrain", "finetune"), default="pretrain")
     ap.add_argument("--products", type=int, default=1200)
     ap.add_argument("--steps", type=int, default=60, help="optimiser steps per measurement")
+    ap.add_argument("--presets", nargs="+", default=["acebert", "twinbert"], help="--stage finetune: presets")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("overrides", nargs="*", help="workload overrides, e.g. model.size=small")
     args = ap.parse_args()
+    if args.stage == "finetune":
+        finetune_rates(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "shop"
         base = [f"workspace={tmp}", f"data.root={root}", "model.init=random", "model.size=tiny",

@@ -59,7 +59,8 @@ def bidirectional_softmax_loss(
     with the batch's other pairs as negatives. ``q`` and ``a`` are L2-normalised [W, d]. Entries of
     ``false_negatives`` (True where pair j is a second positive of pair i: see
     ``objective.false_negative_mask``) are left out of both softmaxes: they are positives, not negatives."""
-    logits = gamma * (q.float() @ a.float().T)
+    with torch.autocast(q.device.type, enabled=False):  # bf16 logits would blur gamma * cosine by ~0.1
+        logits = gamma * (q.float() @ a.float().T)
     if false_negatives is not None:
         logits = logits.masked_fill(false_negatives.to(logits.device), float("-inf"))
     target = torch.arange(len(q), device=logits.device)

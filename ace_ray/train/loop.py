@@ -96,8 +96,10 @@ def run(task: Task, config: dict, tc, rank: int, world: int, device: torch.devic
     table = FeatureTable(config["feature_table"]) if task.features else None
     total = config["total_steps"]
     model = task.model
+    worker.suit_attention(model, device, tc.bf16)
     opt, sched = worker.optimizer_and_schedule(model, tc, total)
     log = worker.RunLog(config["tracking_uri"], config["mlflow_run_id"], rank == 0)
+    log.tag("autocast", "bf16" if worker.uses_bf16(device, tc.bf16) else "float32")
     pos = checkpoints.resume(model, opt, sched, log, rank, plan.batches, task.tag, task.extra_state())
     _record_nodes(task.tag, pos.step, world, rank, log)
     task.on_start(pos.step, log)

@@ -4,6 +4,7 @@ throughput/ETA progress lines and rank-0 MLflow logging (the loop itself is ``ac
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 
@@ -66,10 +67,39 @@ def no_sync(model: torch.nn.Module, sync: bool):
     return contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX). Elsewhere oneDNN emulates bf16
+    and autocast would slow training down."""
+    checks = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+    )
+    return any(check() for check in checks if check is not None)
+
+
+def uses_bf16(device: torch.device, bf16: bool) -> bool:
+    """Whether training autocasts to bf16 (``train.bf16``): on a GPU, and on a CPU that multiplies bf16."""
+    return bf16 and (device.type == "cuda" or (device.type == "cpu" and cpu_multiplies_bf16()))
+
+
 def autocast(device: torch.device, bf16: bool):
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The forward pass's autocast: bf16 where ``uses_bf16``, else none (float32)."""
+    if uses_bf16(device, bf16):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def suit_attention(model: torch.nn.Module, device: torch.device, bf16: bool) -> None:
+    """On a CPU in bf16, switch the model's HF transformers to their eager attention: PyTorch's CPU
+    flash-attention (what ``sdpa`` picks) is slow backwards in bf16; eager was 1.4x faster for the acebert
+    fine-tuning step here (``benchmarks/train_throughput.py --stage finetune``). Same maths, and in float32 the two
+    ran at the same speed."""
+    if device.type != "cpu" or not uses_bf16(device, bf16):
+        return
+    for module in model.modules():
+        if hasattr(module, "set_attn_implementation") and hasattr(module, "config"):
+            module.set_attn_implementation("eager")
 
 
 def fmt_eta(seconds: float) -> str:

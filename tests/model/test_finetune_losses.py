@@ -49,3 +49,16 @@ def test_gradient_reversal_flips_and_scales_the_gradient_only():
     assert torch.equal(y, x)
     (y * torch.arange(3.0)).sum().backward()
     assert torch.allclose(x.grad, -0.5 * torch.arange(3.0).expand(4, 3))
+
+
+def test_bidirectional_softmax_keeps_float32_logits_under_bf16_autocast():
+    """Training autocasts to bf16 (GPUs, CPUs with bf16 instructions); the matching loss must not: gamma
+    times a bf16 cosine is off by ~0.1."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=-1)
+    a = torch.nn.functional.normalize(q + 0.3 * torch.randn(16, 32, generator=g), dim=-1)
+    none = [[False] * 16 for _ in range(16)]
+    ref = _naive_bidirectional(q.tolist(), a.tolist(), 20.0, none)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = bidirectional_softmax_loss(q, a, 20.0)
+    assert loss.dtype == torch.float32 and float(loss) == pytest.approx(ref, rel=1e-5)

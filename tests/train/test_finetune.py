@@ -15,6 +15,7 @@ from ace_ray.data import feature_store as fs
 from ace_ray.model.presets import load_with_preset
 from ace_ray.model.towers import load_towers
 from ace_ray.train.finetune import run_finetune
+from ace_ray.train.worker import cpu_multiplies_bf16
 from tests.conftest import SHOP_FEATURES
 
 pytestmark = pytest.mark.ray
@@ -51,6 +52,8 @@ def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
     assert late > max(3 / 32, early), (early, late)  # chance is 1/32 in a batch of 32
     run = mlflow.tracking.MlflowClient(tracking.tracking_uri(w)).get_run(res["run_id"])
     assert run.data.params["finetune.preset"] == "cebert" and run.data.tags["stage"] == "finetune"
+    bf16 = cpu_multiplies_bf16()  # train.bf16 is on by default
+    assert run.data.tags["autocast"] == ("bf16" if bf16 else "float32")
     assert "samples_per_s" in run.data.metrics and "false_negatives" in run.data.metrics
     assert "fn_same_query" in run.data.metrics and "fn_same_product" in run.data.metrics
     # The towers reload from the directory alone and give unit-norm embeddings of the right size.
