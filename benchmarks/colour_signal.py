@@ -50,7 +50,8 @@ from ace_ray.model.towers import build_towers, encode_query_texts  # noqa: E402
 from ace_ray.runtime import ensure_ray  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_signal.md"
-CLICK_PAIRS = {"clicks": "the click log's pairs", "colour-clicks": "the click log's pairs naming a colour"}
+CLICK_PAIRS = {"clicks": "the click log's pairs", "colour-clicks": "the click log's pairs naming a colour",
+               "colour-click-products": "the products of those pairs, asked '<colour> <category>'"}  # fmt: skip
 SYNTH_COLOURS = {form: c for c in COLOURS for form in lexicon.surface_forms(c)}  # how a query writes a colour
 
 
@@ -108,7 +109,8 @@ def train_and_probe(
     query "<colour> <category>" scores highest is the product's), and the share of the commonest colour among
     the training products (what always guessing it scores). The pairs: synthetic queries naming the colour
     in a ``share`` of them, or the click log's own training pairs of those products (``share="clicks"``), or
-    only those of them whose query names a colour (``"colour-clicks"``)."""
+    only those of them whose query names a colour (``"colour-clicks"``), or those pairs' products asked
+    "<their colour> <their category>" (``"colour-click-products"``)."""
     name, *extra = row.split()
     w = load_with_preset(None, [f"data.root={root}", "data.test_days=1", "model.init=random", "model.size=tiny",
                                 "model.layers=2", *FEATURES, *extra], name)  # fmt: skip
@@ -131,7 +133,11 @@ def train_and_probe(
     held = rng.random(len(products)) < 0.2
     train = np.flatnonzero(~held)
     if isinstance(share, str):
-        clicks = _click_pairs(root, products, held, colour_only=share == "colour-clicks")
+        clicks = _click_pairs(root, products, held, colour_only=share != "clicks")
+        if share == "colour-click-products":  # the same products as often, in the probe's own words
+            clicks = clicks.assign(query=[_ask(c, k) for c, k in zip(truth["colour"].to_numpy()[clicks["i"]],
+                                                                     products["category"].to_numpy()[clicks["i"]],
+                                                                     strict=True)])  # fmt: skip
         click_ids, click_mask = _ids(clicks["query"].tolist(), tc)
     for _ in range(steps):
         if isinstance(share, str):
@@ -177,7 +183,8 @@ def main() -> None:
         nargs="+",
         default=["1.0", "0.12", "clicks"],
         help="shares of synthetic queries naming the colour; 'clicks': the click log's pairs; 'colour-clicks': "
-        "those of them whose query names a colour",
+        "those of them whose query names a colour; 'colour-click-products': the products of those, as often, "
+        "each asked '<its colour> <its category>' (their coverage without their form or noise)",
     )
     ap.add_argument("--rows", nargs="+", default=["cebert finetune.fusion=additive", "twinbert"])
     ap.add_argument("--no-record", action="store_true", help="print only")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -24,14 +25,18 @@ _MASK_COLUMNS = ("day", "clicked")
 
 
 def _read_group(task: pd.DataFrame, path: str, columns: tuple[str, ...], cutoff: dt.date,
-                dropped: np.ndarray) -> pd.DataFrame:  # fmt: skip
-    """One row group -> its kept train-day clicks: ``row`` plus ``columns``."""
+                dropped: np.ndarray) -> pa.Table:  # fmt: skip
+    """One row group -> its kept train-day clicks: ``columns`` plus ``row``. An Arrow table, typed as in the
+    file even when no click is kept (a row group of test days only): an empty pandas block would reach Ray
+    Data with untyped (null) columns, which its shuffles cannot concatenate with the others."""
     group, start = int(task["group"].iloc[0]), int(task["start"].iloc[0])
     wanted = list(dict.fromkeys([*columns, *_MASK_COLUMNS]))
-    chunk = pq.ParquetFile(path).read_row_group(group, columns=wanted).to_pandas()
-    rows = start + np.arange(len(chunk), dtype=np.int64)
-    keep = train_click_mask(chunk, cutoff) & ~np.isin(rows, dropped, assume_unique=True)
-    return chunk.loc[keep, list(columns)].assign(row=rows[keep]).reset_index(drop=True)
+    chunk = pq.ParquetFile(path).read_row_group(group, columns=wanted)
+    rows = start + np.arange(chunk.num_rows, dtype=np.int64)
+    keep = train_click_mask(chunk.select(list(_MASK_COLUMNS)).to_pandas(), cutoff) & ~np.isin(
+        rows, dropped, assume_unique=True
+    )
+    return chunk.select(list(columns)).filter(pa.array(keep)).append_column("row", pa.array(rows[keep]))
 
 
 def read_train_clicks(root: str | Path, test_days: int,

@@ -1,9 +1,11 @@
 """Mixed negative sampling, whole batches per worker, the pretraining set and pairs, and no test-day leaks."""
 
+import datetime as dt
 import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -11,7 +13,7 @@ from ace_ray.config import BatchConfig, ClickModelConfig, FeaturesConfig, SynthC
 from ace_ray.data import feature_store as fs
 from ace_ray.data.batch_plan import number_partition, pair_draws, partition_offsets, plan_batches, with_draws
 from ace_ray.data.batching import build_finetune_batches, normalise_pixels
-from ace_ray.data.click_stream import read_train_clicks
+from ace_ray.data.click_stream import _read_group, read_train_clicks
 from ace_ray.data.clicks import check_split, clean_clicks, first_test_day, train_split
 from ace_ray.data.feature_table import for_store
 from ace_ray.data.features import build_features
@@ -183,6 +185,25 @@ def test_hot_queries_are_the_most_clicked(featurised):
     counts = clicks[clicks["product_id"] == pid]["query"].value_counts()
     assert hot.loc[pid, "hot_clicks"][0] == counts.iloc[0]
     assert list(hot.loc[pid, "hot_clicks"]) == sorted(hot.loc[pid, "hot_clicks"], reverse=True)
+
+
+def test_a_row_group_of_test_days_only_is_an_empty_block_with_the_logs_column_types(tmp_path):
+    """A large log has whole row groups on the test days (the fashion-products import: its second row group).
+    Their empty blocks must keep the column types, or Ray Data's shuffle for the hot queries fails on them
+    ("Schema at index 1 was different: query: null")."""
+    days = [dt.date(2026, 1, 1)] * 3 + [dt.date(2026, 1, 2)] * 2
+    imp = pd.DataFrame({"query": ["red dress", "blue bag", "bag", "shoes", "hat"], "product_id": list("abcde"),
+                        "day": days, "clicked": [True, False, True, True, True]})  # fmt: skip
+    path = tmp_path / IMPRESSIONS_FILE
+    with pq.ParquetWriter(path, pa.Table.from_pandas(imp, preserve_index=False).schema) as out:
+        for part in (imp.iloc[:3], imp.iloc[3:]):  # a row group each: the second holds the test day only
+            out.write_table(pa.Table.from_pandas(part, preserve_index=False))
+    blocks = [pa.table(_read_group(pd.DataFrame({"group": [g], "start": [s]}), str(path), ("query", "product_id"),
+                                   dt.date(2026, 1, 2), np.array([], np.int64)))
+              for g, s in ((0, 0), (1, 3))]  # fmt: skip
+    assert blocks[0].column("row").to_pylist() == [0, 2] and blocks[1].num_rows == 0
+    schemas = [b.schema.remove_metadata() for b in blocks]
+    assert schemas[1] == schemas[0] and not pa.types.is_null(schemas[1].field("query").type)
 
 
 @pytest.mark.ray
