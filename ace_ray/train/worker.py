@@ -93,8 +93,8 @@ def autocast(device: torch.device, bf16: bool):
 def suit_attention(model: torch.nn.Module, device: torch.device, bf16: bool) -> None:
     """On a CPU in bf16, switch the model's HF transformers to their eager attention: PyTorch's CPU
     flash-attention (what ``sdpa`` picks) is slow backwards in bf16; eager was 1.4x faster for the acebert
-    fine-tuning step here (``benchmarks/train_throughput.py --stage finetune``). Same maths, and in float32 the two
-    ran at the same speed."""
+    fine-tuning step here (the profile in ``benchmarks/results/train_throughput.md``). Same maths, and in
+    float32 the two ran at the same speed."""
     if device.type != "cpu" or not uses_bf16(device, bf16):
         return
     for module in model.modules():
