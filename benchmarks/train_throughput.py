@@ -87,7 +87,7 @@ def finetune_rates(args) -> None:
         synthesize(SynthConfig(products=args.products, days=3, sessions=600), ClickModelConfig(), root)
         validate(root)
         build_features(root, FeaturesConfig())
-        rows, fast = [], worker.uses_bf16(torch.device("cpu"), True)
+        rows, fast = [], worker.cpu_multiplies_bf16()
         for preset in args.presets:
             rate = {}
             for bf16 in (False, True):
