@@ -18,7 +18,7 @@ from ace_ray.config import EvalConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.eval import index as faiss_index
 from ace_ray.eval import report
-from ace_ray.eval.baselines import Retriever, make_baselines
+from ace_ray.eval.baselines import Retriever, make_baselines, topk_rows
 from ace_ray.eval.data import EvalData, load_eval_data
 from ace_ray.eval.embed import TowerRetriever
 from ace_ray.eval.metrics import gauc, per_query
@@ -43,11 +43,26 @@ def evaluate_method(method: Retriever, data: EvalData, ks: list[int], fit: bool 
     )
     cold_q, cold_t = data.cold_targets()
     cold = per_query(retrieved[cold_q], cold_t, ks).mean() if len(cold_q) else pd.Series(dtype=float)
+    among_cold = _among_cold(method, data, cold_q, cold_t, ks)
     out = {"gauc": g["gauc"], **{k: float(v) for k, v in rows.mean().items()}, "mrr": float(rows["rr"].mean()),
            "gauc_sessions": g["sessions"], "gauc_skipped_sessions": g["skipped_sessions"], "fit_s": fit_s,
-           **{f"cold_{k}": float(v) for k, v in cold.items() if k.startswith("recall")}}  # fmt: skip
+           **{f"cold_{k}": float(v) for k, v in cold.items() if k.startswith("recall")},
+           **{f"cold_among_cold_{k}": float(v) for k, v in among_cold.items() if k.startswith("recall")}}  # fmt: skip
     out.pop("rr", None)
     return {"metrics": out, "per_query": rows, "retrieved": retrieved}
+
+
+def _among_cold(method: Retriever, data: EvalData, cold_q: np.ndarray, cold_t: list[np.ndarray],
+                ks: list[int]) -> pd.Series:  # fmt: skip
+    """Recall@K of the cold targets when only the cold products compete (each query scored against every
+    cold product). Beside the whole-catalogue figure it tells a tower that places cold products badly from
+    one that ranks warm products (hot queries, memorised titles) above them."""
+    pool = np.flatnonzero(data.cold)
+    if not len(cold_q):
+        return pd.Series(dtype=float)
+    scores = np.stack([method.score([data.queries[i]] * len(pool), pool) for i in cold_q])
+    _, top = topk_rows(scores, max(ks))
+    return per_query(np.where(top >= 0, pool[np.maximum(top, 0)], -1), cold_t, ks).mean()
 
 
 def ann_figures(model: TowerRetriever, q: np.ndarray, data: EvalData, cfg: EvalConfig) -> dict:

@@ -64,6 +64,17 @@ def test_metrics_equal_a_naive_recomputation_and_the_report_is_written(setup, tm
         assert res["acebert"][f"recall@{k}"] == pytest.approx(
             _naive_recall(q, model.product_embeddings, data.targets, k), abs=1e-6
         )
+    # Cold targets ranked among the cold products alone: a naive recomputation, and never below the recall
+    # over the whole catalogue (fewer competitors).
+    cold_q, cold_t = data.cold_targets()
+    pool = np.flatnonzero(data.cold)
+    assert len(cold_q) > 5 and 10 < len(pool) < len(data.products)
+    naive = _naive_recall(
+        q[cold_q], model.product_embeddings[pool], [np.searchsorted(pool, t) for t in cold_t], 10
+    )
+    assert res["acebert"]["cold_among_cold_recall@10"] == pytest.approx(naive, abs=1e-6)
+    for m in ("acebert", "bm25", "random"):
+        assert res[m]["cold_among_cold_recall@10"] >= res[m]["cold_recall@10"]
     # The ANN index is compared with exact search; on a few hundred products HNSW finds nearly everything.
     assert res["acebert"]["ann_overlap_with_exact"] > 0.9 and res["acebert"]["ann_recall@100"] > 0
     assert res["bm25"]["recall@100"] > res["random"]["recall@100"] + 0.2
