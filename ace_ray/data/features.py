@@ -21,7 +21,7 @@ from ace_ray.config import FeaturesConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data.backbone import load_backbone
 from ace_ray.data.images import BadImage, decode, detect_roi, locate, pixel_patches, square_crop
-from ace_ray.data.schema import PRODUCTS_FILE
+from ace_ray.data.schema import PRODUCTS_FILE, QUARANTINE_FILE, SchemaError
 from ace_ray.data.validate import file_sha256, load_clean_products
 
 _ROWS_PER_BLOCK = 256  # products per input block: small enough to spread over the decode tasks
@@ -113,6 +113,9 @@ def build_features(root: str | Path, cfg: FeaturesConfig, out: str | Path | None
     never leaves something later commands would take for features."""
     root = Path(root).resolve()
     products = load_clean_products(root)
+    if products.empty:
+        raise SchemaError(f"{root}: every product is quarantined, nothing to featurise; the reasons are in "
+                          f"{QUARANTINE_FILE} (`ace-ray validate {root}` prints them)")  # fmt: skip
     manifest = manifest_for(cfg)
     staging = fs.FeatureStore.create(Path(out or cfg.out or root / "features").resolve(), manifest)
     try:

@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,14 @@ from ace_ray.config import ClickModelConfig, FeaturesConfig, SynthConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data.backbone import load_backbone
 from ace_ray.data.features import build_features, manifest_for, prepare_one
-from ace_ray.data.schema import read_products
+from ace_ray.data.schema import (
+    IMAGES_DIR,
+    IMPRESSIONS_FILE,
+    MANIFEST_FILE,
+    PRODUCTS_FILE,
+    SchemaError,
+    read_products,
+)
 from ace_ray.data.synth.generate import synthesize
 from ace_ray.data.validate import validate
 
@@ -166,3 +174,17 @@ def test_an_interrupted_run_leaves_no_store_that_looks_finished(catalogue, monke
     assert not fs.is_complete(half)
     with pytest.raises(fs.IncompleteStore, match="incomplete feature store .* run `ace-ray features` again"):
         fs.FeatureStore(half)
+
+
+def test_a_catalogue_with_every_product_quarantined_is_refused_by_name(tmp_path, ray_session):
+    """Its images folder a link to another catalogue's (validate refuses images outside the root): a clear
+    error that says where the reasons are, not pyarrow's complaint about an empty store."""
+    src = _catalogue(tmp_path / "src")
+    root = tmp_path / "linked"
+    root.mkdir()
+    for name in (PRODUCTS_FILE, IMPRESSIONS_FILE, MANIFEST_FILE):
+        shutil.copy2(src / name, root / name)
+    (root / IMAGES_DIR).symlink_to(src / IMAGES_DIR, target_is_directory=True)
+    validate(root)
+    with pytest.raises(SchemaError, match="every product is quarantined.*quarantine.parquet"):
+        build_features(root, FeaturesConfig(**SMALL))
