@@ -6,6 +6,7 @@ overrides. Some of a command's flags are shorthands for overrides, declared with
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -329,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "reproduce":
         from ace_ray.eval.reproduce import reproduce
 
-        reproduce(workload)
+        reproduce(workload, command=shlex.join(["ace-ray", *args.argv]))
     elif args.command == "quickstart":
         jobs.quickstart(workload)
     return 0
@@ -345,6 +346,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
+    # As typed, for the reports that say how they were made.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 

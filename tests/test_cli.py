@@ -170,6 +170,14 @@ def test_flag_shorthands_belong_to_their_command(tmp_path, monkeypatch):
     # Overrides may follow a flag that follows a positional argument.
     args = parse(["features", "shop", "--workload", "w.yaml", "data.test_days=1", "data.features.grid=2"])
     assert args.overrides == ["data.test_days=1", "data.features.grid=2"] and args.workload == "w.yaml"
+    assert args.argv == [
+        "features",
+        "shop",
+        "--workload",
+        "w.yaml",
+        "data.test_days=1",
+        "data.features.grid=2",
+    ]
     with pytest.raises(SystemExit):
         parse(["features", "shop", "--workload", "w.yaml", "stray"])
 

@@ -52,8 +52,9 @@ def _history(w: Workload, run_id: str, key: str) -> pd.DataFrame:
     return pd.DataFrame({"step": [m.step for m in hist], key: [m.value for m in hist]}).sort_values("step")
 
 
-def reproduce(base: Workload) -> Path:
-    """Train and evaluate every table row with every seed; write ``<reproduce.out>/<name>/report.md``."""
+def reproduce(base: Workload, command: str | None = None) -> Path:
+    """Train and evaluate every table row with every seed; write ``<reproduce.out>/<name>/report.md``
+    (``command``: the command line that asked for it, quoted in the report)."""
     cfg = base.reproduce
     if cfg.resume:
         out = base.path(cfg.resume)  # the ledger refuses a directory that is not a report directory
@@ -106,7 +107,7 @@ def reproduce(base: Workload) -> Path:
     # against the whole catalogue, and against the other cold products alone.
     metrics = [m for m in [*SUMMARY, "cold_recall@100", "cold_among_cold_recall@100"] if m in results]
     summary = report.summarise_seeds(results, ["method"], metrics)
-    sections = [("How this was made", _how(base, baseline["_counts"], time.perf_counter() - t0))]
+    sections = [("How this was made", _how(base, baseline["_counts"], time.perf_counter() - t0, command))]
     for title, table_rows in cfg.tables.items():
         names = [*table_rows, *base.eval.baselines]
         part = (
@@ -182,10 +183,11 @@ def _figures(base: Workload, runs: dict, configs: dict, seed: int, out: Path) ->
             ("Fig. 7: query and product embeddings by category", "\n\n".join(maps))]  # fmt: skip
 
 
-def _how(w: Workload, counts: dict, seconds: float) -> str:
+def _how(w: Workload, counts: dict, seconds: float, command: str | None) -> str:
     span = "in the last, resumed invocation" if w.reproduce.resume else "in all"
     return (f"Catalogue `{w.path(w.data.root)}`: {counts['catalogue']:,} products with features, "
             f"{counts['test_queries']:,} test queries, {counts['test_sessions']:,} test sessions "
             f"(last {w.data.test_days} days). Model init `{w.model.init}` ({w.model.layers} layers); seeds "
             f"{list(w.reproduce.seeds)}; {seconds / 60:.1f} min {span}. Cells are mean ± std over the seeds "
-            f"(baselines: one run). Command: `ace-ray reproduce --workload workloads/{w.name}.yaml`.")  # fmt: skip
+            f"(baselines: one run). {f'Command: `{command}`; the' if command else 'The'} whole configuration is in "
+            f"`workload.yaml` beside this report.")  # fmt: skip

@@ -36,9 +36,12 @@ def _stages(w) -> list[str]:
 
 def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(featurised_shop, tmp_path):
     w = _workload(featurised_shop, tmp_path, 'reproduce.tables={"Table 4": [hot_query, adversarial]}')
-    report = reproduce(w)
+    report = reproduce(w, command="ace-ray reproduce --workload w.yaml 'reproduce.tables=...'")
     out = report.parent
     text = report.read_text()
+    assert (
+        "Command: `ace-ray reproduce --workload w.yaml 'reproduce.tables=...'`" in text
+    )  # as the CLI passes it
     assert "## Table 4" in text and "Fig. 6" in text and "Fig. 7" in text
     assert "| cold_recall@100 |" in text  # the cold products' column: where only title and photo can help
     assert "| cold_among_cold_recall@100 |" in text  # and ranked among the cold products alone
