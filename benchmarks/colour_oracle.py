@@ -9,7 +9,7 @@ clicks is the ceiling for any model that has to read the colour from the photo; 
 TwinBERT on the colour-hidden catalogue is all the photo can win there.
 
     python benchmarks/colour_oracle.py --data data/fp_colour [--workload workloads/levers_fashion.yaml] \
-        [--rows twinbert] [--out data/fp_colour_oracle]
+        [--rows twinbert] [--out data/fp_colour_oracle] [key=value ...]
 
 Prints the figures and appends them, with the machine, to benchmarks/results/colour_oracle.md.
 """
@@ -31,40 +31,65 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import record  # noqa: E402
 
-from ace_ray.data.schema import IMAGES_DIR, IMPRESSIONS_FILE, MANIFEST_FILE, PRODUCTS_FILE  # noqa: E402
+from ace_ray.data.schema import (  # noqa: E402
+    IMAGES_DIR,
+    IMPRESSIONS_FILE,
+    MANIFEST_FILE,
+    PRODUCTS_FILE,
+    QUARANTINE_FILE,
+)
+from ace_ray.data.validate import file_sha256  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_oracle.md"
 METRICS = ["recall@100", "gauc", "cold_recall@100", "cold_among_cold_recall@100"]
 
 
 def with_colour_titles(src: Path, out: Path) -> int:
-    """Copy catalogue ``src`` to ``out`` (a fresh folder; images hard-linked) with each product's
-    ``colour`` put back in front of its title. Returns how many titles changed."""
+    """Copy catalogue ``src`` to ``out`` (images hard-linked) with each product's ``colour`` put back in
+    front of its title, and validate it. An ``out`` that already holds exactly that copy is kept, with the
+    features built in it. Returns how many titles name their colour."""
     products = pd.read_parquet(src / PRODUCTS_FILE)
     if "colour" not in products.columns:
         raise SystemExit(
             f"{src / PRODUCTS_FILE}: no colour column; make the import with --hide-in-title colour"
         )
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     colour = products["colour"].where(products["colour"].notna(), "").astype(str).str.strip()
     titled = colour + " " + products["title"].astype(str)
     products["title"] = titled.where(colour != "", products["title"]).str.strip()
-    products.to_parquet(out / PRODUCTS_FILE, index=False)
-    shutil.copy2(src / IMPRESSIONS_FILE, out / IMPRESSIONS_FILE)
     manifest = json.loads((src / MANIFEST_FILE).read_text())
     manifest.setdefault("params", {})["colour_oracle_of"] = str(src.resolve())
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    # Hard links: validation refuses images that link outside the catalogue; the bytes are not copied.
-    shutil.copytree(src / IMAGES_DIR, out / IMAGES_DIR, copy_function=os.link)
+    if not _holds(out, products, manifest, src):
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        products.to_parquet(out / PRODUCTS_FILE, index=False)
+        shutil.copy2(src / IMPRESSIONS_FILE, out / IMPRESSIONS_FILE)
+        (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        # Hard links: validation refuses images that link outside the catalogue; the bytes are not copied.
+        shutil.copytree(src / IMAGES_DIR, out / IMAGES_DIR, copy_function=os.link)
+        ace_ray = str(Path(sys.executable).with_name("ace-ray"))
+        subprocess.run([ace_ray, "validate", str(out)], check=True, stdout=subprocess.DEVNULL)
     return int((colour != "").sum())
 
 
-def reproduce(ace_ray: str, workload: str, data: Path, rows: list[str]) -> Path:
+def _holds(out: Path, products: pd.DataFrame, manifest: dict, src: Path) -> bool:
+    """Whether ``out`` is already this copy of ``src``, validated."""
+    try:
+        return (
+            pd.read_parquet(out / PRODUCTS_FILE).equals(products)
+            and json.loads((out / MANIFEST_FILE).read_text()) == manifest
+            and file_sha256(out / IMPRESSIONS_FILE) == file_sha256(src / IMPRESSIONS_FILE)
+            and (out / QUARANTINE_FILE).is_file()
+        )
+    except (OSError, ValueError):
+        return False
+
+
+def reproduce(ace_ray: str, workload: str, data: Path, rows: list[str], overrides: list[str]) -> Path:
     """Run ``ace-ray reproduce`` with ``rows`` as its one table; the report directory it wrote."""
     tables = json.dumps({"Colour oracle: titles that name the colour": rows})
-    cmd = [ace_ray, "reproduce", "--workload", workload, "--data", str(data), f"reproduce.tables={tables}"]
+    cmd = [ace_ray, "reproduce", "--workload", workload, "--data", str(data), f"reproduce.tables={tables}",
+           *overrides]  # fmt: skip
     print("+", " ".join(cmd), flush=True)
     found = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:  # its progress shows as it runs
@@ -82,13 +107,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="where the copy goes (default: DATA_oracle beside it)")
     ap.add_argument("--workload", default="workloads/levers_fashion.yaml")
     ap.add_argument("--rows", nargs="+", default=["twinbert"])
+    ap.add_argument(
+        "overrides", nargs="*", help="key=value workload overrides, e.g. finetune.train.max_steps=200"
+    )
     args = ap.parse_args()
     out = args.out or args.data.with_name(args.data.name + "_oracle")
     ace_ray = str(Path(sys.executable).with_name("ace-ray"))
     changed = with_colour_titles(args.data, out)
     print(f"{out}: {changed} titles name their colour again")
-    subprocess.run([ace_ray, "validate", str(out)], check=True, stdout=subprocess.DEVNULL)
-    report = reproduce(ace_ray, args.workload, out, args.rows)
+    report = reproduce(ace_ray, args.workload, out, args.rows, args.overrides)
     results = pd.read_csv(report / "results.csv")
     summary = results.groupby("method")[[m for m in METRICS if m in results]].agg(["mean", "std", "count"])
     table = []
@@ -100,6 +127,7 @@ def main() -> None:
     command = (
         f"python benchmarks/colour_oracle.py --data {args.data} --workload {args.workload} --rows "
         + " ".join(f"'{r}'" for r in args.rows)
+        + "".join(f" {o}" for o in args.overrides)
     )
     record(str(RESULTS), f"titles that name the colour again on {args.data.name} (report {report})",
            ["method", *METRICS, "seeds"], table, command)  # fmt: skip
