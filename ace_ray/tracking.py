@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ace_ray.config import Workload, dump_config, flatten, to_dict
 
-# MLflow params are strings of at most this many characters.
-_PARAM_MAX = 6000
+# MLflow params are strings of at most this many characters, under names of at most 250 of these.
+_PARAM_MAX, _KEY_MAX = 6000, 250
+_NOT_IN_KEY = re.compile(r"[^\w\-. :/]")
 
 
 def tracking_uri(workload: Workload) -> str:
@@ -55,7 +57,9 @@ def start_run(workload: Workload, run_name: str, tags: dict[str, str] | None = N
     with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name,
                           tags=tags, nested=nested) as run:  # fmt: skip
         if run_id is None:
-            params = {k: str(v)[:_PARAM_MAX] for k, v in flatten(to_dict(workload)).items()}
+            # Keys the user names (reproduce.tables titles) may hold characters MLflow refuses in a name.
+            params = {_NOT_IN_KEY.sub("_", k)[:_KEY_MAX]: str(v)[:_PARAM_MAX]
+                      for k, v in flatten(to_dict(workload)).items()}  # fmt: skip
             mlflow.log_params(params)
             mlflow.log_text(dump_config(workload), "workload.yaml")
         yield run
