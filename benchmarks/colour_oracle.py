@@ -8,8 +8,10 @@ seeds and budget. That model reads every product's colour without error, so its 
 clicks is the ceiling for any model that has to read the colour from the photo; the gap between it and
 TwinBERT on the colour-hidden catalogue is all the photo can win there.
 
-    python benchmarks/colour_oracle.py --data data/fp_colour [--workload workloads/levers_fashion.yaml] \
-        [--rows twinbert] [--out data/fp_colour_oracle] [key=value ...]
+    python benchmarks/colour_oracle.py --data data/fp_colour [key=value ...] \
+        [--workload workloads/levers_fashion.yaml] [--out data/fp_colour_oracle] [--rows twinbert ...]
+
+(``--rows`` takes every word after it, so overrides go before it.)
 
 Prints the figures and appends them, with the machine, to benchmarks/results/colour_oracle.md.
 """
