@@ -60,8 +60,10 @@ def _among_cold(method: Retriever, data: EvalData, cold_q: np.ndarray, cold_t: l
     pool = np.flatnonzero(data.cold)
     if not len(cold_q):
         return pd.Series(dtype=float)
-    scores = np.stack([method.score([data.queries[i]] * len(pool), pool) for i in cold_q])
-    _, top = topk_rows(scores, max(ks))
+    # One query at a time: a catalogue of millions has hundreds of thousands of cold products.
+    top = np.concatenate(
+        [topk_rows(method.score([data.queries[i]] * len(pool), pool)[None], max(ks))[1] for i in cold_q]
+    )
     return per_query(np.where(top >= 0, pool[np.maximum(top, 0)], -1), cold_t, ks).mean()
 
 
