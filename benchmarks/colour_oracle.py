@@ -41,12 +41,13 @@ from ace_ray.data.schema import (  # noqa: E402
     QUARANTINE_FILE,
 )
 from ace_ray.data.validate import file_sha256  # noqa: E402
+from ace_ray.eval.report import summarise_seeds  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "colour_oracle.md"
 METRICS = ["recall@100", "gauc", "cold_recall@100", "cold_among_cold_recall@100"]
 
 
-def with_colour_titles(src: Path, out: Path) -> int:
+def with_colour_titles(src: Path, out: Path, ace_ray: str) -> int:
     """Copy catalogue ``src`` to ``out`` (images hard-linked) with each product's ``colour`` put back in
     front of its title, and validate it. An ``out`` that already holds exactly that copy is kept, with the
     features built in it. Returns how many titles name their colour."""
@@ -69,7 +70,6 @@ def with_colour_titles(src: Path, out: Path) -> int:
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         # Hard links: validation refuses images that link outside the catalogue; the bytes are not copied.
         shutil.copytree(src / IMAGES_DIR, out / IMAGES_DIR, copy_function=os.link)
-        ace_ray = str(Path(sys.executable).with_name("ace-ray"))
         subprocess.run([ace_ray, "validate", str(out)], check=True, stdout=subprocess.DEVNULL)
     return int((colour != "").sum())
 
@@ -115,17 +115,15 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or args.data.with_name(args.data.name + "_oracle")
     ace_ray = str(Path(sys.executable).with_name("ace-ray"))
-    changed = with_colour_titles(args.data, out)
+    changed = with_colour_titles(args.data, out, ace_ray)
     print(f"{out}: {changed} titles name their colour again")
     report = reproduce(ace_ray, args.workload, out, args.rows, args.overrides)
-    results = pd.read_csv(report / "results.csv")
-    summary = results.groupby("method")[[m for m in METRICS if m in results]].agg(["mean", "std", "count"])
+    summary = summarise_seeds(pd.read_csv(report / "results.csv"), ["method"], METRICS)
     table = []
-    for method, r in summary.iterrows():
-        cells = [f"{r[(m, 'mean')]:.4f} ± {(r[(m, 'std')] if r[(m, 'count')] > 1 else 0):.4f}"
-                 for m in METRICS if (m, "mean") in r]  # fmt: skip
-        table.append([method, *cells, int(r[(METRICS[0], "count")])])
-        print(method, *cells)
+    for _, r in summary.iterrows():
+        cells = [f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_std']:.4f}" for m in METRICS]
+        table.append([r["method"], *cells, r["n"]])
+        print(r["method"], *cells)
     command = (
         f"python benchmarks/colour_oracle.py --data {args.data} --workload {args.workload} --rows "
         + " ".join(f"'{r}'" for r in args.rows)
