@@ -222,6 +222,9 @@ class TrainConfig:
     max_steps: int = _f(0, ge=0)  # optimiser steps; 0 = as many as the epochs give
     grad_accum: int = _f(1, ge=1)
     lr: float = _f(2e-5, gt=0)
+    # The learning rate of the layers that read the photo (patch and pixel projections, the towers' image
+    # projection) as a multiple of lr: they start from nothing where the text side starts from a trained BERT.
+    image_lr_scale: float = _f(1.0, gt=0)
     warmup_steps: int = _f(10000, ge=0)
     weight_decay: float = _f(0.01, ge=0)
     clip: float = _f(1.0, ge=0)  # max gradient norm; 0 = off
@@ -303,8 +306,13 @@ class FinetuneConfig:
     pooling: str = _f("mean", choices=("mean", "cls"))  # mean (over every unpadded position) | cls
     # How the product's image tokens join its embedding: joint (the paper: one attention, one pool over all
     # tokens) | additive (text pooled apart from the image, the image added through a projection that starts
-    # at zero; see ace_ray.model.towers.TwoTower).
-    fusion: str = _f("joint", choices=("joint", "additive"))
+    # at zero) | apart (as additive, and the image tokens attend only to the image: the image vector is the
+    # photo's alone; see ace_ray.model.towers.TwoTower).
+    fusion: str = _f("joint", choices=("joint", "additive", "apart"))
+    # Weight of a second matching loss between the queries and the products' image vectors alone (fusion
+    # additive or apart): the photo must find the clicked product by itself, so the image path learns what
+    # photos show (the kind of product, its colour) rather than only what the title leaves over.
+    image_loss_weight: float = _f(0.0, ge=0)
     gamma: float = _f(20.0, gt=0)  # softmax scale of the cosine similarity (eq. 4)
     mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
     # With data.val_days: Recall@val_k of the validation days' queries, at every checkpoint, over the products

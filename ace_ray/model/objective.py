@@ -82,6 +82,7 @@ class Objective:
     weight: float = 0.1  # lambda
     encoder_steps: int = 5  # k
     disc_steps: int = 1
+    image_weight: float = 0.0  # finetune.image_loss_weight
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -92,24 +93,30 @@ class Objective:
     @classmethod
     def from_config(cls, ft) -> Objective:
         adv = ft.adversarial
-        return cls(ft.gamma, adv.mode, adv.weight, adv.encoder_steps, adv.disc_steps)
+        return cls(ft.gamma, adv.mode, adv.weight, adv.encoder_steps, adv.disc_steps, ft.image_loss_weight)
 
     def encoder_loss(self, q: torch.Tensor, a: torch.Tensor, disc: torch.nn.Module | None,
-                     mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
-        """What one backward pass of an encoder step minimises, and its parts (``main``; with a game also
-        ``adv`` = L_adv and D's logits ``dq``, ``da``)."""
+                     mask: torch.Tensor | None = None, image: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+        """What one backward pass of an encoder step minimises, and its parts (``main``; with ``image``, the
+        products' image vectors alone, also ``image`` = the same matching loss with them in place of ``a``,
+        weighted by ``image_weight``; with a game also ``adv`` = L_adv and D's logits ``dq``, ``da``)."""
         main = bidirectional_softmax_loss(q, a, self.gamma, mask)
+        parts, match = {"main": main}, main
+        if image is not None and self.image_weight:
+            parts["image"] = bidirectional_softmax_loss(q, image, self.gamma, mask)
+            match = main + self.image_weight * parts["image"]
         if self.mode == "none":
-            return main, {"main": main}
+            return match, parts
         if self.mode == "alternating":
             with frozen(disc):
                 dq, da = disc(q), disc(a)
             adv = domain_loss(dq, da)
-            return main - self.weight * adv, {"main": main, "adv": adv, "dq": dq, "da": da}
+            return match - self.weight * adv, {**parts, "adv": adv, "dq": dq, "da": da}
         dq, da = disc(reverse_gradient(q, self.weight)), disc(reverse_gradient(a, self.weight))
         adv = domain_loss(dq, da)
         # D descends L_adv; the reversal makes the encoder ascend lambda * L_adv.
-        return main + adv, {"main": main, "adv": adv, "dq": dq, "da": da}
+        return match + adv, {**parts, "adv": adv, "dq": dq, "da": da}
 
     def disc_loss(self, q: torch.Tensor, a: torch.Tensor, disc: torch.nn.Module) -> torch.Tensor:
         """L_adv for a discriminator step: embeddings detached, so only D learns from it."""

@@ -17,7 +17,7 @@ from torch import nn
 from ace_ray.model.encoder import CEBert, build_encoder, load_model, save_model, trim_padding
 
 POOLING = ("mean", "cls")
-FUSION = ("joint", "additive")
+FUSION = ("joint", "additive", "apart")
 
 
 class TwoTower(nn.Module):
@@ -32,6 +32,9 @@ class TwoTower(nn.Module):
       (A zero scalar gate in front of a random projection was tried first: the gate's gradient is the
       random projection's correlation with the loss, the projection's is scaled by the gate, and in a short
       fine-tuning neither moved. A zero projection gets its full gradient from the first step.)
+    - ``apart``: as ``additive``, but the image tokens attend only to the image too, so the image vector is
+      the photo's alone. Where they may read the title, the image part can repeat what the title says (and
+      learn the clicked products by heart through it) instead of what only the photo shows.
     """
 
     def __init__(self, encoder: CEBert, embed_dim: int, pooling: str = "mean", hot_queries: bool = True,
@@ -47,11 +50,12 @@ class TwoTower(nn.Module):
         self.proj = nn.Linear(encoder.hidden, embed_dim)
         has_image = encoder.patch_proj is not None or encoder.pixel_proj is not None
         self.image_proj = None
-        if fusion == "additive" and has_image:
+        if fusion != "joint" and has_image:
             self.image_proj = nn.Linear(encoder.hidden, embed_dim)
             nn.init.zeros_(self.image_proj.weight)
             nn.init.zeros_(self.image_proj.bias)
         self.image_share = float("nan")  # the last product batch's |image part| / |text part| (additive)
+        self.image_emb: torch.Tensor | None = None  # the last product batch's image part alone, L2-normalised
 
     def _pool(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
@@ -64,7 +68,8 @@ class TwoTower(nn.Module):
 
     @property
     def additive(self) -> bool:
-        """Whether product image tokens are pooled apart and added (``fusion=additive`` with image segments)."""
+        """Whether product image tokens are pooled apart and added (``fusion`` additive or apart, with image
+        segments)."""
         return self.image_proj is not None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +100,7 @@ class TwoTower(nn.Module):
             patches=batch["patches"] if enc.patch_proj is not None else None,
             pixels=batch["pixels"] if enc.pixel_proj is not None else None,
             text_attends_text_only=self.additive,
+            image_attends_text=self.fusion != "apart",
         )
         text = sum(m.shape[1] for m in masks)
         masks.append(torch.ones(seq.shape[0], seq.shape[1] - text, device=seq.device))
@@ -107,6 +113,7 @@ class TwoTower(nn.Module):
             self.image_share = float(
                 (image_part.norm(dim=-1) / text_part.norm(dim=-1).clamp(min=1e-12)).mean()
             )
+        self.image_emb = F.normalize(image_part.float(), dim=-1)
         return F.normalize((text_part + image_part).float(), dim=-1)
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ace_ray import tracking
-from ace_ray.config import Workload, to_dict
+from ace_ray.config import ConfigError, Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.batching import cached_finetune_batches, normalise_pixels
@@ -37,7 +37,7 @@ from ace_ray.runtime import ensure_ray, outside_placement_group
 from ace_ray.train import checkpoints, loop, runner, worker
 
 TEXT_COLUMNS = ("query_ids", "query_mask", "title_ids", "title_mask", "hot_ids", "hot_mask")
-LOG_KEYS = ("loss", "main", "adv", "d_acc", "centroid_gap", "inbatch_acc", "false_negatives", "disc_steps",
+LOG_KEYS = ("loss", "main", "image", "adv", "d_acc", "centroid_gap", "inbatch_acc", "false_negatives", "disc_steps",
             "image_share")  # fmt: skip
 
 
@@ -127,13 +127,14 @@ class FinetuneTask(loop.Task):
             mask = None
         batch = {k: v.to(self.device) for k, v in batch.items()}
         q, a = self.model(batch)
-        loss, parts = self.objective.encoder_loss(q, a, self.disc, mask)
+        towers = checkpoints.unwrap(self.model)
+        loss, parts = self.objective.encoder_loss(q, a, self.disc, mask, towers.image_emb)
         self.last = (q.detach(), a.detach())
         metrics = {"loss": loss.item(), "main": parts["main"].item(), "inbatch_acc": inbatch_accuracy(q, a, mask),
                    **{k: float(v) for k, v in counts.items()}, **game_stats(q, a, parts.get("dq"), parts.get("da"))}  # fmt: skip
-        if "adv" in parts:
-            metrics["adv"] = parts["adv"].item()
-        towers = checkpoints.unwrap(self.model)
+        for k in ("adv", "image"):
+            if k in parts:
+                metrics[k] = parts[k].item()
         if towers.additive:
             metrics["image_share"] = towers.image_share
         return loss, metrics, len(q)
@@ -225,6 +226,9 @@ def run_finetune(w: Workload, run_name: str | None = None, trial: dict | None = 
         existing = runner.check_resume(w, run_name)
     if ft.init_from:
         runner.check_model_dir(w.path(ft.init_from), "finetune.init_from")
+    if ft.image_loss_weight and (ft.fusion == "joint" or not (w.model.patches or w.model.pixels)):
+        raise ConfigError("finetune.image_loss_weight: the products' image vectors exist with "
+                          "finetune.fusion=additive or apart and an image segment (model.patches, model.pixels)")  # fmt: skip
     root = w.path(w.data.root)
     store = fs.for_workload(w)
     held_out = w.data.held_out_days  # training reads neither the validation nor the test days

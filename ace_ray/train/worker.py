@@ -44,14 +44,20 @@ def set_threads(cfg: TrainConfig) -> None:
     torch.set_num_threads(cfg.torch_threads or max(1, math.ceil(cfg.cpus_per_worker)))
 
 
+IMAGE_PARAMS = ("patch_proj", "pixel_proj", "image_proj")  # the layers that read the photo
+
+
 def optimizer_and_schedule(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
-    """AdamW (no decay on biases and norms) with linear warm-up then linear decay to 0 at ``total_steps``."""
-    decay, no_decay = [], []
+    """AdamW (no decay on biases and norms) with linear warm-up then linear decay to 0 at ``total_steps``;
+    the layers that read the photo (``IMAGE_PARAMS``) at ``cfg.image_lr_scale`` times the learning rate."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)  # fmt: skip
+            decay = not (p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower())
+            groups.setdefault((decay, any(k in name for k in IMAGE_PARAMS)), []).append(p)
+    opt = torch.optim.AdamW([{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
+                              "lr": cfg.lr * (cfg.image_lr_scale if image else 1.0)}
+                             for (decay, image), params in sorted(groups.items())], lr=cfg.lr)  # fmt: skip
     warmup = min(cfg.warmup_steps, max(1, total_steps))
 
     def factor(step: int) -> float:

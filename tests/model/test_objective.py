@@ -135,3 +135,28 @@ def test_d_steps_come_after_every_k_encoder_steps_and_take_no_batch():
     assert not any(Objective(gamma=20.0).disc_due(s) for s in range(1, 21))
     with pytest.raises(ValueError, match="unknown mode 'minimax'"):
         Objective(gamma=1.0, mode="minimax")
+
+
+@pytest.mark.parametrize("mode", ["none", "alternating"])
+def test_the_image_loss_adds_the_queries_matched_against_the_image_vectors_alone(mode):
+    towers, disc, x, _ = _setup(mode)
+    obj = Objective(gamma=5.0, mode=mode, weight=0.5, encoder_steps=2, disc_steps=1, image_weight=0.3)
+    image_head = torch.nn.Linear(6, 4)
+
+    def image(x):
+        return F.normalize(image_head(x - 0.2), dim=-1)
+
+    loss, parts = obj.encoder_loss(*towers(x), disc, image=image(x))
+    loss.backward()
+    assert "image" in parts and "main" in parts
+    game = (
+        (lambda q, a, d: -0.5 * domain_loss(d(q), d(a))) if mode == "alternating" else (lambda q, a, d: 0.0)
+    )
+    q, a = towers(x)
+    want = torch.autograd.grad(bidirectional_softmax_loss(q, a, 5.0) + game(q, a, disc)
+                               + 0.3 * bidirectional_softmax_loss(q, image(x), 5.0),
+                               [*towers.parameters(), *image_head.parameters()])  # fmt: skip
+    _close(_grads(towers) + _grads(image_head), list(want))
+    # Without a weight the image vectors are not part of the loss.
+    plain, parts = Objective(gamma=5.0).encoder_loss(*towers(x), disc, image=image(x))
+    assert set(parts) == {"main"} and torch.allclose(plain, bidirectional_softmax_loss(*towers(x), 5.0))

@@ -68,3 +68,29 @@ def test_an_additive_model_directory_reloads_with_its_image_projection(tmp_path)
     x = _batch()
     with torch.no_grad():
         assert torch.allclose(towers.encode_products(x), again.encode_products(x), atol=1e-5)
+
+
+def _image_part(towers, batch):
+    """The product embedding with the text side silenced: what the image vector alone points at."""
+    with torch.no_grad():
+        towers.proj.weight.zero_()
+        towers.proj.bias.zero_()
+        return towers.encode_products(batch)
+
+
+def test_apart_keeps_the_title_out_of_the_image_vector_where_additive_lets_it_in():
+    x = _batch()
+    other_titles = {**x, "title_ids": x["title_ids"].flip(0), "title_mask": x["title_mask"].flip(0)}
+    moved = {}
+    for fusion in ("additive", "apart"):
+        towers = _towers(fusion)
+        with torch.no_grad():
+            towers.image_proj.weight.normal_()
+        moved[fusion] = (_image_part(towers, x) - _image_part(towers, other_titles)).abs().max()
+    assert moved["apart"] < 1e-5 < 1e-3 < moved["additive"]
+    # The photo still moves the apart tower's image vector, and its start is the text-only tower (zero proj).
+    towers = _towers("apart")
+    with torch.no_grad():
+        towers.image_proj.weight.normal_()
+    assert (_image_part(towers, x) - _image_part(towers, {**x, "pixels": -x["pixels"]})).abs().max() > 1e-3
+    assert not _towers("apart").image_proj.weight.any()

@@ -148,3 +148,18 @@ def test_hot_query_dropout_shows_a_share_of_products_as_cold_ones():
     # A share outside [0, 1] is refused when the workload is loaded, before any worker starts.
     with pytest.raises(ValueError, match="hot_query_dropout"):
         load_workload(None, ["finetune.hot_query_dropout=1.5"])
+
+
+def test_the_image_loss_trains_the_photo_to_find_the_product_alone(shop, tmp_path):
+    # A weight without image vectors to weigh would do nothing: refused before any worker starts.
+    with pytest.raises(ValueError, match="image_loss_weight"):
+        run_finetune(workload(shop, tmp_path, "cebert", "finetune.image_loss_weight=0.5"))
+    w = workload(shop, tmp_path, "cebert", "finetune.fusion=apart", "finetune.image_loss_weight=0.5",
+                 "finetune.train.epochs=4")  # fmt: skip
+    res = run_finetune(w)
+    image, share = history(w, res["run_id"], "image"), history(w, res["run_id"], "image_share")
+    steps = sorted(image)
+    assert np.mean([image[s] for s in steps[-3:]]) < np.mean([image[s] for s in steps[:3]]) - 0.3
+    assert share[steps[-1]] > 0
+    towers, info = load_towers(res["model_dir"])
+    assert info["fusion"] == "apart" and towers.additive

@@ -62,3 +62,22 @@ def test_cpu_bf16_switches_to_eager_attention_with_the_same_outputs(bf16_cpu):
         after = towers(batch)
     for x, y in zip(before, after, strict=True):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_the_layers_that_read_the_photo_step_at_their_own_learning_rate():
+    towers = _towers()
+    cfg = load_workload(None, ["finetune.train.lr=0.001", "finetune.train.image_lr_scale=10",
+                               "finetune.train.warmup_steps=0"]).finetune.train  # fmt: skip
+    opt, sched = worker.optimizer_and_schedule(towers, cfg, total_steps=10)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(towers.named_parameters())
+    image = [n for n in named if n.split(".")[-2] in worker.IMAGE_PARAMS]
+    assert {n.split(".")[-2] for n in image} == set(worker.IMAGE_PARAMS)
+    assert {lr_of[id(named[n])] for n in image} == {0.01}
+    assert {lr_of[id(p)] for n, p in named.items() if n not in image} == {0.001}
+    assert len(lr_of) == len(named)  # every parameter is in exactly one group
+    # Decay still applies by kind, and the schedule scales every group alike.
+    assert {g["weight_decay"] for g in opt.param_groups if any(p.ndim < 2 for p in g["params"])} == {0.0}
+    opt.step()
+    sched.step()
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([0.0009, 0.009])
