@@ -13,7 +13,7 @@ from ace_ray.config import EvalConfig, with_overrides
 from ace_ray.data.hot_queries import read_hot_queries
 from ace_ray.eval.data import load_eval_data
 from ace_ray.eval.embed import TowerRetriever, product_inputs
-from ace_ray.eval.evaluate import run_evaluation
+from ace_ray.eval.evaluate import run_evaluation, summary_table
 from tests.conftest import SHOP_FEATURES, random_towers
 
 pytestmark = pytest.mark.ray
@@ -83,6 +83,8 @@ def test_metrics_equal_a_naive_recomputation_and_the_report_is_written(setup, tm
     for heading in ("Retrieval (exact search)", "ANN index", "Cold products", "query band", "query category"):
         assert heading in text
     assert (tmp_path / "eval" / "embedding_map.png").stat().st_size > 10_000
+    header = summary_table(res).splitlines()[0]  # what `ace-ray evaluate` and the quickstart print
+    assert "| recall@100 |" in header and "| cold_recall@100 |" in header and "| ann_recall@100 |" in header
     assert res["_counts"]["test_queries"] == len(data.queries) > 20
 
 
