@@ -313,6 +313,10 @@ class FinetuneConfig:
     # additive or apart): the photo must find the clicked product by itself, so the image path learns what
     # photos show (the kind of product, its colour) rather than only what the title leaves over.
     image_loss_weight: float = _f(0.0, ge=0)
+    # The image loss's in-batch negatives: every other pair's product (batch), or only those of the
+    # positive's category (same_category), so the photo learns what tells a category's products apart (the
+    # colour) rather than the category, which the title already says.
+    image_negatives: str = _f("batch", choices=("batch", "same_category"))
     gamma: float = _f(20.0, gt=0)  # softmax scale of the cosine similarity (eq. 4)
     mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
     # With data.val_days: Recall@val_k of the validation days' queries, at every checkpoint, over the products

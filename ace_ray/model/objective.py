@@ -50,6 +50,14 @@ def false_negative_mask(product_ids: list, query_ids: torch.Tensor) -> tuple[tor
     return mask, counts
 
 
+def other_category_mask(categories: list) -> torch.Tensor:
+    """[W, W] bool, True where pair j's product is of another category than pair i's: left out of a softmax,
+    it keeps only the same-category negatives (``finetune.image_negatives=same_category``)."""
+    codes = {c: i for i, c in enumerate(dict.fromkeys(categories))}
+    c = torch.tensor([codes[x] for x in categories])
+    return c[:, None] != c[None, :]
+
+
 def inbatch_accuracy(q: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None) -> float:
     """Share of queries whose own product scores highest among the batch's negatives (the masked second
     positives are left out, as in the loss)."""
@@ -97,14 +105,16 @@ class Objective:
 
     def encoder_loss(self, q: torch.Tensor, a: torch.Tensor, disc: torch.nn.Module | None,
                      mask: torch.Tensor | None = None, image: torch.Tensor | None = None,
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+                     image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
         """What one backward pass of an encoder step minimises, and its parts (``main``; with ``image``, the
-        products' image vectors alone, also ``image`` = the same matching loss with them in place of ``a``,
-        weighted by ``image_weight``; with a game also ``adv`` = L_adv and D's logits ``dq``, ``da``)."""
+        products' image vectors alone, also ``image`` = the same matching loss with them in place of ``a``
+        and ``image_mask`` (default ``mask``) as its mask, weighted by ``image_weight``; with a game also
+        ``adv`` = L_adv and D's logits ``dq``, ``da``)."""
         main = bidirectional_softmax_loss(q, a, self.gamma, mask)
         parts, match = {"main": main}, main
         if image is not None and self.image_weight:
-            parts["image"] = bidirectional_softmax_loss(q, image, self.gamma, mask)
+            image_mask = mask if image_mask is None else image_mask
+            parts["image"] = bidirectional_softmax_loss(q, image, self.gamma, image_mask)
             match = main + self.image_weight * parts["image"]
         if self.mode == "none":
             return match, parts

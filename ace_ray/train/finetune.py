@@ -31,7 +31,13 @@ from ace_ray.data.clicks import train_split
 from ace_ray.data.feature_table import for_store
 from ace_ray.data.plan import EpochPlan
 from ace_ray.eval.validation import ValidationSet, build_validation_set, pool_rows, validation_recall
-from ace_ray.model.objective import Objective, false_negative_mask, game_stats, inbatch_accuracy
+from ace_ray.model.objective import (
+    Objective,
+    false_negative_mask,
+    game_stats,
+    inbatch_accuracy,
+    other_category_mask,
+)
 from ace_ray.model.towers import DomainClassifier, build_towers, save_towers
 from ace_ray.runtime import ensure_ray, outside_placement_group
 from ace_ray.train import checkpoints, loop, runner, worker
@@ -108,6 +114,9 @@ class FinetuneTask(loop.Task):
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=adv.disc_lr) if self.disc else None
         self.disc_steps = Counter()
         self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", "feature_row"]
+        self.same_category = ft.image_loss_weight > 0 and ft.image_negatives == "same_category"
+        if self.same_category:
+            self.columns.append("category")
         self.features = tuple(k for k in ("patches", "pixels") if getattr(w.model, k))
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.validation, self.rank = None, ray.train.get_context().get_world_rank()
@@ -125,10 +134,13 @@ class FinetuneTask(loop.Task):
         mask, counts = false_negative_mask(ids, batch["query_ids"])
         if not self.w.finetune.mask_false_negatives:
             mask = None
+        image_mask = None
+        if self.same_category:  # the photo's negatives: the other products of the positive's category
+            image_mask = other_category_mask(list(raw["category"][0])) | (mask if mask is not None else False)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         q, a = self.model(batch)
         towers = checkpoints.unwrap(self.model)
-        loss, parts = self.objective.encoder_loss(q, a, self.disc, mask, towers.image_emb)
+        loss, parts = self.objective.encoder_loss(q, a, self.disc, mask, towers.image_emb, image_mask)
         self.last = (q.detach(), a.detach())
         metrics = {"loss": loss.item(), "main": parts["main"].item(), "inbatch_acc": inbatch_accuracy(q, a, mask),
                    **{k: float(v) for k, v in counts.items()}, **game_stats(q, a, parts.get("dq"), parts.get("da"))}  # fmt: skip
@@ -226,6 +238,9 @@ def run_finetune(w: Workload, run_name: str | None = None, trial: dict | None = 
         existing = runner.check_resume(w, run_name)
     if ft.init_from:
         runner.check_model_dir(w.path(ft.init_from), "finetune.init_from")
+    if ft.image_negatives != "batch" and not ft.image_loss_weight:
+        raise ConfigError("finetune.image_negatives: chooses the image loss's negatives; set "
+                          "finetune.image_loss_weight > 0 for it to have any")  # fmt: skip
     if ft.image_loss_weight and (ft.fusion == "joint" or not (w.model.patches or w.model.pixels)):
         raise ConfigError("finetune.image_loss_weight: the products' image vectors exist with "
                           "finetune.fusion=additive or apart and an image segment (model.patches, model.pixels)")  # fmt: skip

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ace_ray.model.losses import bidirectional_softmax_loss, domain_loss
-from ace_ray.model.objective import Objective, false_negative_mask, inbatch_accuracy
+from ace_ray.model.objective import Objective, false_negative_mask, inbatch_accuracy, other_category_mask
 from ace_ray.model.towers import DomainClassifier
 
 
@@ -160,3 +160,18 @@ def test_the_image_loss_adds_the_queries_matched_against_the_image_vectors_alone
     # Without a weight the image vectors are not part of the loss.
     plain, parts = Objective(gamma=5.0).encoder_loss(*towers(x), disc, image=image(x))
     assert set(parts) == {"main"} and torch.allclose(plain, bidirectional_softmax_loss(*towers(x), 5.0))
+
+
+def test_same_category_negatives_leave_the_other_categories_out_of_the_image_loss():
+    other = other_category_mask(["Heels", "Shirts", "Heels", "Bags"])
+    assert other.tolist() == [[False, True, False, True], [True, False, True, True],
+                              [False, True, False, True], [True, True, True, False]]  # fmt: skip
+    torch.manual_seed(0)
+    q, a, image = (F.normalize(torch.randn(4, 3), dim=-1) for _ in range(3))
+    obj = Objective(gamma=5.0, image_weight=1.0)
+    _, parts = obj.encoder_loss(q, a, None, image=image, image_mask=other)
+    assert torch.allclose(parts["image"], bidirectional_softmax_loss(q, image, 5.0, other))
+    # Pair 3 (the only bag) has no negative left: its terms are log 1 = 0, not NaN.
+    assert torch.isfinite(parts["image"])
+    _, default = obj.encoder_loss(q, a, None, image=image)
+    assert not torch.allclose(parts["image"], default["image"])
