@@ -34,8 +34,8 @@ from machine import record  # noqa: E402
 from ace_ray import tracking  # noqa: E402
 from ace_ray.config import load_workload  # noqa: E402
 from ace_ray.data import feature_store as fs  # noqa: E402
-from ace_ray.data.click_stream import read_train_clicks  # noqa: E402
-from ace_ray.data.schema import read_products  # noqa: E402
+from ace_ray.data.clicks import clean_clicks  # noqa: E402
+from ace_ray.data.validate import load_clean  # noqa: E402
 from ace_ray.eval.embed import TowerRetriever, product_inputs  # noqa: E402
 from ace_ray.runtime import ensure_ray  # noqa: E402
 
@@ -43,11 +43,12 @@ RESULTS = Path(__file__).resolve().parent / "results" / "fashion_colour.md"
 
 
 def cold_products(root: Path, test_days: int, top: int) -> tuple[pd.DataFrame, list[str]]:
-    """The catalogue's cold products whose colour is one of the ``top`` commonest, and those colours."""
-    products = read_products(root)
+    """The catalogue's cold products (as evaluation counts them: no clean train-day click) whose colour is
+    one of the ``top`` commonest, and those colours."""
+    products, imp = load_clean(root)
     if "colour" not in products:
         raise SystemExit(f"{root}: the catalogue has no `colour` column (a fashion-products import has)")
-    clicked = set(read_train_clicks(root, test_days, columns=("product_id",)).to_pandas()["product_id"])
+    clicked = set(clean_clicks(root, test_days, (products, imp))["product_id"])
     colours = products["colour"].value_counts().index[:top].tolist()
     cold = products[~products["product_id"].isin(clicked) & products["colour"].isin(colours)]
     return cold.reset_index(drop=True), colours
@@ -66,9 +67,11 @@ def colour_accuracy(model: TowerRetriever, cold: pd.DataFrame, colours: list[str
     return float((names[scores.argmax(1)] == truth).mean()), float((names[centred.argmax(1)] == truth).mean())
 
 
-def image_parts(model: TowerRetriever, cold: pd.DataFrame, n: int = 1000) -> np.ndarray | None:
-    """The image parts (before the sum with the text part) of up to ``n`` of the cold products, for a model
-    whose image vector is added apart (``finetune.fusion`` additive or apart); else None."""
+def image_parts(
+    model: TowerRetriever, cold: pd.DataFrame, n: int = 1000
+) -> tuple[np.ndarray, pd.DataFrame] | None:
+    """The image parts (before the sum with the text part) of up to ``n`` of the cold products, and those
+    products, for a model whose image vector is added apart (``finetune.fusion`` additive or apart); else None."""
     towers = model.towers
     if not towers.additive:
         return None
@@ -87,18 +90,16 @@ def image_parts(model: TowerRetriever, cold: pd.DataFrame, n: int = 1000) -> np.
     with torch.inference_mode():
         towers.eval().encode_products(inputs)
     hook.remove()
-    return pd.DataFrame(got[0].numpy(), index=sample.index).reindex(cold.index).to_numpy()
+    return got[0].numpy(), sample
 
 
 def between(parts: np.ndarray, labels: pd.Series, least: int = 10) -> float:
-    """Share of the image parts' variance that lies between the groups of ``labels`` (groups of at least
-    ``least`` products; random labels give about (groups - 1) / products)."""
-    have = ~np.isnan(parts).any(1)
-    groups = labels[have].to_numpy()
+    """Share of the image parts' variance that lies between the groups of ``labels`` (row i labels part i;
+    groups of at least ``least`` products; random labels give about (groups - 1) / products)."""
+    groups = labels.to_numpy()
     counts = pd.Series(groups).value_counts()
     keep = np.isin(groups, counts.index[counts >= least])
-    x = parts[have][keep]
-    x = x - x.mean(0)
+    x = parts[keep] - parts[keep].mean(0)
     means = pd.DataFrame(x).groupby(groups[keep]).transform("mean").to_numpy()
     return float((means**2).sum() / (x**2).sum())
 
@@ -123,7 +124,7 @@ def report_rows(report: Path, top: int, seeds: set[int] | None) -> list[list]:
         shares = (
             ["-", "-"]
             if parts is None
-            else [f"{between(parts, cold[k]):.2f}" for k in ("colour", "category")]
+            else [f"{between(parts[0], parts[1][k]):.2f}" for k in ("colour", "category")]
         )
         method = methods.get(run["run_id"], " ".join(run["config"]))
         print(f"[fashion_colour] {label}: {method} seed {run['seed']}: colour accuracy {acc:.3f}, centred "
