@@ -302,6 +302,10 @@ class FinetuneConfig:
     # Share of training pairs whose product is shown without its hot queries, as a cold product (no
     # train-day clicks) always is: without it the tower learns to lean on hot queries it will not have.
     hot_query_dropout: float = _f(0.0, ge=0, le=1)
+    # Share of training pairs whose product is shown with its hot queries less the pair's own query. A
+    # train-day click's query is among its product's hot queries (99% on the fashion import), a test-day
+    # query only half the time: without it the tower learns to match a query to its copy.
+    hot_query_leave_out: float = _f(0.0, ge=0, le=1)
     embed_dim: int = _f(128, ge=1)
     pooling: str = _f("mean", choices=("mean", "cls"))  # mean (over every unpadded position) | cls
     # How the product's image tokens join its embedding: joint (the paper: one attention, one pool over all

@@ -40,7 +40,9 @@ from ace_ray.data.validate import load_clean_products
 
 BATCHES_DIR = "finetune_batches"
 DONE = "_done.json"
-LAYOUT = 3  # 2: feature rows instead of the features themselves; 3: the plan drawn per pair (batch_plan)
+# 2: feature rows instead of the features themselves; 3: the plan drawn per pair (batch_plan); 4: each pair's
+# product's hot queries also without the pair's own query (``hot_other_*``)
+LAYOUT = 4
 # ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
 PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -63,6 +65,10 @@ def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
     q = text.encode(g["query"].tolist(), cfg.max_query, cfg.tokenizer)
     t = text.encode(g["title"].tolist(), cfg.max_title, cfg.tokenizer)
     h = text.encode([text.join_hot_queries(x) for x in g["hot_queries"]], cfg.max_hot, cfg.tokenizer)
+    # The same without the pair's own query: a train-day click's query is nearly always among its product's
+    # hot queries, a test-day query often is not (finetune.hot_query_leave_out).
+    others = [[x for x in hot if x != q] for hot, q in zip(g["hot_queries"], g["query"], strict=True)]
+    o = text.encode([text.join_hot_queries(x) for x in others], cfg.max_hot, cfg.tokenizer)
     row = {
         "batch_id": int(g["batch_id"].iloc[0]),
         "pair_id": g["row"].to_numpy(),  # the pair's row in the click log
@@ -71,6 +77,7 @@ def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
         "query_ids": q["input_ids"], "query_mask": q["attention_mask"],
         "title_ids": t["input_ids"], "title_mask": t["attention_mask"],
         "hot_ids": h["input_ids"], "hot_mask": h["attention_mask"],
+        "hot_other_ids": o["input_ids"], "hot_other_mask": o["attention_mask"],
         "feature_row": g["feature_row"].to_numpy(np.int64),
     }  # fmt: skip
     return pd.DataFrame([row])

@@ -42,7 +42,8 @@ from ace_ray.model.towers import DomainClassifier, build_towers, save_towers
 from ace_ray.runtime import ensure_ray, outside_placement_group
 from ace_ray.train import checkpoints, loop, runner, worker
 
-TEXT_COLUMNS = ("query_ids", "query_mask", "title_ids", "title_mask", "hot_ids", "hot_mask")
+TEXT_COLUMNS = ("query_ids", "query_mask", "title_ids", "title_mask", "hot_ids", "hot_mask", "hot_other_ids",
+                "hot_other_mask")  # fmt: skip
 LOG_KEYS = ("loss", "main", "image", "adv", "d_acc", "centroid_gap", "inbatch_acc", "false_negatives", "disc_steps",
             "image_share")  # fmt: skip
 
@@ -56,9 +57,24 @@ def make_batch(raw: dict, w: Workload) -> dict:
     if w.model.pixels:
         batch["pixels"] = torch.from_numpy(normalise_pixels(np.asarray(raw["pixels"][0])))
     batch["product_id"] = list(raw["product_id"][0])
+    others = batch.pop("hot_other_ids"), batch.pop("hot_other_mask")
+    if w.finetune.hot_queries and w.finetune.hot_query_leave_out > 0:
+        leave_out_pair_query(batch, *others, w.finetune.hot_query_leave_out)
     if w.finetune.hot_queries and w.finetune.hot_query_dropout > 0:
         drop_hot_queries(batch, w.finetune.hot_query_dropout, w.data.text)
     return batch
+
+
+def leave_out_pair_query(
+    batch: dict, other_ids: torch.Tensor, other_mask: torch.Tensor, share: float
+) -> None:
+    """For about ``share`` of the batch's rows (torch's RNG, seeded per batch by the loop), show the product
+    with its hot queries other than the pair's own query (``other_*``: the batch files' ``hot_other_*``).
+    Otherwise the tower learns to find a product by its query's copy among the hot queries, which a
+    test-day query often is not."""
+    rows = torch.rand(len(batch["hot_ids"])) < share
+    batch["hot_ids"][rows] = other_ids[rows]
+    batch["hot_mask"][rows] = other_mask[rows]
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,6 +11,7 @@ import pytest
 
 from ace_ray.config import BatchConfig, ClickModelConfig, FeaturesConfig, SynthConfig, TextConfig
 from ace_ray.data import feature_store as fs
+from ace_ray.data import text
 from ace_ray.data.batch_plan import number_partition, pair_draws, partition_offsets, plan_batches, with_draws
 from ace_ray.data.batching import build_finetune_batches, normalise_pixels
 from ace_ray.data.click_stream import _read_group, read_train_clicks
@@ -173,6 +174,20 @@ def test_ray_data_batches_are_the_reference_plans(featurised, tmp_path, partitio
     assert stats["pairs_with_features"] == len(ref) and stats["batches"] == len(want)
     by_row = ref.set_index("row")["product_id"]
     assert all(list(by_row.loc[list(b["pair_id"][0])]) == list(b["product_id"][0]) for b in got)
+    # Each pair's product carries its hot queries, and the same less the pair's own query (which a
+    # train-day click's query nearly always is among).
+    hot = read_hot_queries(root, 1).set_index("product_id")["hot_queries"].map(list)
+    cfg_t, pairs, left_out = TextConfig(), ref.set_index("row"), 0
+    for f in (tmp_path / "b").glob("*.parquet"):
+        b = _read_columns(str(f), ["pair_id", "hot_ids", "hot_other_ids", "hot_other_mask"])
+        p = pairs.loc[list(b["pair_id"][0])]
+        full = [hot.get(pid, []) for pid in p["product_id"]]
+        others = [[x for x in h if x != q] for h, q in zip(full, p["query"], strict=True)]
+        left_out += sum(len(h) - len(o) for h, o in zip(full, others, strict=True))
+        for col, lists in (("hot_ids", full), ("hot_other_ids", others)):
+            want_ids = text.encode([text.join_hot_queries(x) for x in lists], cfg_t.max_hot, cfg_t.tokenizer)
+            assert np.array_equal(np.stack(b[col][0]), want_ids["input_ids"])
+    assert left_out >= 0.9 * len(ref)  # nearly every pair's query is among its product's hot queries
 
 
 @pytest.mark.ray

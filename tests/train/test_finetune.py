@@ -150,6 +150,42 @@ def test_hot_query_dropout_shows_a_share_of_products_as_cold_ones():
         load_workload(None, ["finetune.hot_query_dropout=1.5"])
 
 
+def test_hot_query_leave_out_shows_a_share_of_products_without_the_pairs_own_query():
+    from ace_ray.config import load_workload
+    from ace_ray.data import text
+    from ace_ray.train.finetune import make_batch
+
+    def workload(*overrides):
+        return load_workload(None, ["model.patches=false", "model.pixels=false", *overrides])
+
+    cfg = workload().data.text
+    queries = [f"red dress {i}" for i in range(400)]
+    segments = {"query": (queries, cfg.max_query), "title": (["dress"] * 400, cfg.max_title),
+                "hot": ([f"{q} ; dress" for q in queries], cfg.max_hot), "hot_other": (["dress"] * 400, cfg.max_hot)}  # fmt: skip
+    raw = {"product_id": [[str(i) for i in range(400)]]}
+    for name, (texts, length) in segments.items():
+        enc = text.encode(texts, length, cfg.tokenizer)
+        raw[f"{name}_ids"], raw[f"{name}_mask"] = [enc["input_ids"]], [enc["attention_mask"]]
+
+    def batch(*overrides):
+        torch.manual_seed(0)
+        return make_batch(raw, workload(*overrides))
+
+    share = "finetune.hot_query_leave_out="
+    b, full, none = batch(share + "0.5"), batch(share + "0"), batch(share + "1")
+    assert "hot_other_ids" not in b  # the towers see one hot-query segment
+    left = (b["hot_ids"] == none["hot_ids"]).all(1)
+    assert 0.4 < left.float().mean() < 0.6
+    assert torch.equal(b["hot_ids"][~left], full["hot_ids"][~left])
+    assert torch.equal(b["hot_mask"][left], none["hot_mask"][left])
+    assert not (full["hot_ids"] == none["hot_ids"]).all(1).any()
+    assert torch.equal(batch(share + "0.5")["hot_ids"], b["hot_ids"])  # the same seed, the same rows (resume)
+    # No hot queries in the towers: nothing is left out.
+    assert torch.equal(batch(share + "1", "finetune.hot_queries=false")["hot_ids"], full["hot_ids"])
+    with pytest.raises(ValueError, match="hot_query_leave_out"):
+        workload(share + "1.5")
+
+
 def test_the_image_loss_matches_the_photo_alone_against_its_categorys_products(shop, tmp_path):
     # A weight without image vectors to weigh would do nothing: refused before any worker starts.
     with pytest.raises(ValueError, match="image_loss_weight"):
