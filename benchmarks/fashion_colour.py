@@ -18,9 +18,7 @@ them, with the machine, to benchmarks/results/fashion_colour.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import record  # noqa: E402
+from report_models import report_models  # noqa: E402
 
-from ace_ray import tracking  # noqa: E402
 from ace_ray.config import load_workload  # noqa: E402
-from ace_ray.data import feature_store as fs  # noqa: E402
 from ace_ray.data.clicks import clean_clicks  # noqa: E402
 from ace_ray.data.validate import load_clean  # noqa: E402
 from ace_ray.eval.embed import TowerRetriever, product_inputs  # noqa: E402
@@ -111,28 +108,19 @@ def report_rows(report: Path, top: int, seeds: set[int] | None) -> list[list]:
     cold, colours = cold_products(root, base.data.test_days, top)
     majority = float(cold["colour"].value_counts(normalize=True).iloc[0])
     label = f"{Path(base.data.root).name}, {base.finetune.train.max_steps or 'an epoch of'} steps"
-    runs = [json.loads(line) for line in (report / "runs.jsonl").read_text().splitlines()]
-    methods = pd.read_csv(report / "results.csv").set_index("run_id")["method"]
     out = []
-    for run in (r for r in runs if r["kind"] == "finetune" and (seeds is None or r["seed"] in seeds)):
-        w = load_workload(report / "workload.yaml", run["config"])
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = tracking.download_model(base, run["run_id"], tmp)
-            model = TowerRetriever(model_dir, fs.for_workload(w), root, w.eval, w.data.test_days)
-            acc, centred = colour_accuracy(model, cold, colours)
-            parts = image_parts(model, cold)
+    for method, seed, _, model in report_models(report, seeds):
+        acc, centred = colour_accuracy(model, cold, colours)
+        parts = image_parts(model, cold)
         shares = (
             ["-", "-"]
             if parts is None
             else [f"{between(parts[0], parts[1][k]):.2f}" for k in ("colour", "category")]
         )
-        method = methods.get(run["run_id"], " ".join(run["config"]))
-        print(f"[fashion_colour] {label}: {method} seed {run['seed']}: colour accuracy {acc:.3f}, centred "
+        print(f"[fashion_colour] {label}: {method} seed {seed}: colour accuracy {acc:.3f}, centred "
               f"{centred:.3f}, over {len(cold):,} cold products (commonest colour {majority:.3f}); image part's variance between "
               f"colours {shares[0]}, between categories {shares[1]}", flush=True)  # fmt: skip
-        out.append(
-            [f"{label}: {method}", run["seed"], f"{acc:.3f}", f"{centred:.3f}", f"{majority:.3f}", *shares]
-        )
+        out.append([f"{label}: {method}", seed, f"{acc:.3f}", f"{centred:.3f}", f"{majority:.3f}", *shares])
     return out
 
 

@@ -1,0 +1,44 @@
+"""The fine-tuned models of ``ace-ray reproduce`` reports, one at a time, as retrievers: what the benchmarks
+that look inside a report's models (fashion_colour.py, hot_query_effect.py) iterate over."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from ace_ray import tracking
+from ace_ray.config import Workload, load_workload
+from ace_ray.data import feature_store as fs
+from ace_ray.eval.embed import TowerRetriever
+from ace_ray.model.presets import PRESETS
+
+
+def method_name(config: list[str]) -> str:
+    """A run's overrides as its row is written: the first preset they start with, then the rest."""
+    for name, overrides in PRESETS.items():
+        if config[: len(overrides)] == overrides:
+            return " ".join([name, *config[len(overrides) :]])
+    return " ".join(config)
+
+
+def report_models(
+    report: Path, seeds: set[int] | None = None
+) -> Iterator[tuple[str, int, Workload, TowerRetriever]]:
+    """(method, seed, the run's workload, its model as a retriever) for each fine-tuned model of ``report``
+    (those of ``seeds`` only, if given); each model is downloaded from the report's MLflow store to a
+    temporary directory that lives until the next one."""
+    runs = [json.loads(line) for line in (report / "runs.jsonl").read_text().splitlines()]
+    methods = pd.read_csv(report / "results.csv").set_index("run_id")["method"]
+    base = load_workload(report / "workload.yaml")
+    for run in (r for r in runs if r["kind"] == "finetune" and (seeds is None or r["seed"] in seeds)):
+        w = load_workload(report / "workload.yaml", run["config"])
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = tracking.download_model(base, run["run_id"], tmp)
+            model = TowerRetriever(
+                model_dir, fs.for_workload(w), w.path(w.data.root), w.eval, w.data.test_days
+            )
+            yield methods.get(run["run_id"], method_name(run["config"])), run["seed"], w, model
