@@ -59,13 +59,15 @@ def _mlflow_store(tmp_path, monkeypatch, _empty_mlflow_db):
 
 
 def train_worker_processes() -> list:
-    """The Ray Train worker processes on this machine (their process title names the actor class)."""
+    """The Ray Train worker processes of this test session (their process title names the actor class):
+    those descended from this process, which started the Ray clusters that the tests and their command-line
+    runs use. A training run of someone else's on the same machine is not ours to kill."""
     import psutil
 
-    found = []
+    me, found = os.getpid(), []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and any(a.pid == me for a in p.parents()):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
