@@ -306,6 +306,11 @@ class FinetuneConfig:
     # train-day click's query is among its product's hot queries (99% on the fashion import), a test-day
     # query only half the time: without it the tower learns to match a query to its copy.
     hot_query_leave_out: float = _f(0.0, ge=0, le=1)
+    # The hot queries pooled on their own and added through their own projection, which starts at zero
+    # (the hot-query tokens attend only to each other, no other token to them): the tower starts as the
+    # one without hot queries and learns in what they add, instead of 48 hot-query tokens outweighing the
+    # title in one mean (see ace_ray.model.towers.TwoTower).
+    hot_queries_apart: bool = False
     embed_dim: int = _f(128, ge=1)
     pooling: str = _f("mean", choices=("mean", "cls"))  # mean (over every unpadded position) | cls
     # How the product's image tokens join its embedding: joint (the paper: one attention, one pool over all

@@ -88,12 +88,15 @@ class CEBert(nn.Module):
         return self.bert.config.hidden_size
 
     def forward(self, title_ids, title_mask, hot_ids=None, hot_mask=None, patches=None, pixels=None,
-                text_attends_text_only: bool = False, image_attends_text: bool = True):  # fmt: skip
+                text_attends_text_only: bool = False, image_attends_text: bool = True,
+                hot_apart: bool = False):  # fmt: skip
         """Encode a batch. Text ids are ``[CLS] ... [SEP]`` rows (the hot-query row's [CLS] is dropped); a
         segment whose input is None is left out (the query tower passes text only). With
         ``text_attends_text_only`` the text tokens do not attend to the image tokens (which still attend to
         everything unless ``image_attends_text`` is False): the text outputs are then exactly those of the
-        text alone (and the image outputs those of the image alone).
+        text alone (and the image outputs those of the image alone). With ``hot_apart`` the hot-query
+        tokens attend only to each other and no other token attends to them: their outputs are those of
+        the hot queries alone, and the others' those of the product without them.
 
         Returns ``(sequence_output, pooled, offsets)`` with ``offsets[segment] = (start, length)``.
         """
@@ -124,23 +127,29 @@ class CEBert(nn.Module):
             x = self.pixel_proj(pixels.to(parts[0].dtype))
             add(x, PIXEL, torch.ones(x.shape[:2], device=x.device))
         embeds, mask = torch.cat(parts, 1), torch.cat(masks, 1)
-        if text_attends_text_only:
-            mask = _text_apart_mask(torch.cat(types, 1), mask, embeds.dtype, image_attends_text)
+        if text_attends_text_only or (hot_apart and hot_ids is not None):
+            mask = _segment_mask(torch.cat(types, 1), mask, embeds.dtype, text_attends_text_only,
+                                 image_attends_text, hot_apart)  # fmt: skip
         out = self.bert(inputs_embeds=embeds, attention_mask=mask,
                         token_type_ids=torch.cat(types, 1), position_ids=torch.cat(positions, 1))  # fmt: skip
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         return out.last_hidden_state, pooled, offsets
 
 
-def _text_apart_mask(types: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype,
-                     image_attends_text: bool = True) -> torch.Tensor:  # fmt: skip
-    """An additive attention mask [B, 1, L, L]: padding is never attended to, text positions (title, hot
-    queries) do not attend to image positions, nor (unless ``image_attends_text``) image positions to text
-    ones. HF BERT takes a 4-D mask as it is."""
+def _segment_mask(types: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, text_apart: bool = True,
+                  image_attends_text: bool = True, hot_apart: bool = False) -> torch.Tensor:  # fmt: skip
+    """An additive attention mask [B, 1, L, L]: padding is never attended to, and positions attend only
+    within their group: the title, the hot queries (their own group with ``hot_apart``, else the title's)
+    and the image (its own group with ``text_apart``, else the title's); image positions also attend to
+    the title's group when ``image_attends_text``. HF BERT takes a 4-D mask as it is."""
     text = types <= HOT
-    key_text, query_text = text[:, None, :], text[:, :, None]
-    pairs = (key_text | ~query_text) if image_attends_text else (key_text == query_text)
-    allowed = mask.bool()[:, None, :] & pairs  # [B, query, key]
+    group = torch.where(text | (not text_apart), TITLE, PATCH)
+    if hot_apart:
+        group = torch.where(types == HOT, HOT, group)
+    pairs = group[:, :, None] == group[:, None, :]  # [B, query, key]
+    if text_apart and image_attends_text:
+        pairs |= ~text[:, :, None] & (group == TITLE)[:, None, :]
+    allowed = mask.bool()[:, None, :] & pairs
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )[:, None]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ace_ray.model.encoder import CEBert, build_encoder, load_model, save_model, trim_padding
+from ace_ray.model.encoder import HOT, CEBert, build_encoder, load_model, save_model, trim_padding
 
 POOLING = ("mean", "cls")
 FUSION = ("joint", "additive", "apart")
@@ -35,10 +35,16 @@ class TwoTower(nn.Module):
     - ``apart``: as ``additive``, but the image tokens attend only to the image too, so the image vector is
       the photo's alone. Where they may read the title, the image part can repeat what the title says (and
       learn the clicked products by heart through it) instead of what only the photo shows.
+
+    ``hot_apart`` does for the hot queries what ``additive`` does for the image: they attend only to each
+    other, are pooled on their own and added through their own projection, which starts at zero; the rest
+    of the product is encoded as without them. Mean-pooled with the title, up to 48 hot-query tokens outweigh
+    a 10-token title, and a warm product's embedding becomes its training queries' (which a test query often
+    is not); apart, the tower starts as the one without hot queries and learns in only what they add.
     """
 
     def __init__(self, encoder: CEBert, embed_dim: int, pooling: str = "mean", hot_queries: bool = True,
-                 fusion: str = "joint"):  # fmt: skip
+                 fusion: str = "joint", hot_apart: bool = False):  # fmt: skip
         super().__init__()
         if pooling not in POOLING:
             raise ValueError(f"finetune.pooling: unknown pooling {pooling!r}; one of {', '.join(POOLING)}")
@@ -54,6 +60,11 @@ class TwoTower(nn.Module):
             self.image_proj = nn.Linear(encoder.hidden, embed_dim)
             nn.init.zeros_(self.image_proj.weight)
             nn.init.zeros_(self.image_proj.bias)
+        self.hot_proj = None
+        if hot_queries and hot_apart:
+            self.hot_proj = nn.Linear(encoder.hidden, embed_dim)
+            nn.init.zeros_(self.hot_proj.weight)
+            nn.init.zeros_(self.hot_proj.bias)
         self.image_share = float("nan")  # the last product batch's |image part| / |text part| (additive)
         self.image_emb: torch.Tensor | None = None  # the last product batch's image part alone, L2-normalised
 
@@ -71,6 +82,11 @@ class TwoTower(nn.Module):
         """Whether product image tokens are pooled apart and added (``fusion`` additive or apart, with image
         segments)."""
         return self.image_proj is not None
+
+    @property
+    def hot_apart(self) -> bool:
+        """Whether the hot queries are pooled apart and added through their own projection."""
+        return self.hot_proj is not None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(query embeddings, product embeddings) of a batch of pairs: what DDP wraps for training."""
@@ -92,7 +108,7 @@ class TwoTower(nn.Module):
         if self.hot_queries and "hot_ids" in batch:
             hot_mask, hot_ids = trim_padding(batch["hot_mask"], batch["hot_ids"])
             masks.append(hot_mask[:, 1:])
-        seq, _, _ = enc(
+        seq, _, offsets = enc(
             title_ids,
             title_mask,
             hot_ids=hot_ids,
@@ -101,12 +117,20 @@ class TwoTower(nn.Module):
             pixels=batch["pixels"] if enc.pixel_proj is not None else None,
             text_attends_text_only=self.additive,
             image_attends_text=self.fusion != "apart",
+            hot_apart=self.hot_apart,
         )
         text = sum(m.shape[1] for m in masks)
         masks.append(torch.ones(seq.shape[0], seq.shape[1] - text, device=seq.device))
         mask = torch.cat([m.to(seq.device, seq.dtype) for m in masks], 1)
+        hot_part = 0
+        if self.hot_apart and hot_ids is not None:
+            start, n = offsets[HOT]
+            hot_part = self.hot_proj(self._pool(seq[:, start : start + n], mask[:, start : start + n]))
+            mask = torch.cat(
+                [mask[:, :start], torch.zeros_like(mask[:, start : start + n]), mask[:, start + n :]], 1
+            )
         if not self.additive:
-            return self._embed(seq, mask)
+            return F.normalize((self.proj(self._pool(seq, mask)) + hot_part).float(), dim=-1)
         text_part = self.proj(self._pool(seq[:, :text], mask[:, :text]))
         image_part = self.image_proj(seq[:, text:].mean(1))
         with torch.no_grad():  # how much of the photo the product tower has let in so far (logged)
@@ -114,7 +138,7 @@ class TwoTower(nn.Module):
                 (image_part.norm(dim=-1) / text_part.norm(dim=-1).clamp(min=1e-12)).mean()
             )
         self.image_emb = F.normalize(image_part.float(), dim=-1)
-        return F.normalize((text_part + image_part).float(), dim=-1)
+        return F.normalize((text_part + image_part + hot_part).float(), dim=-1)
 
 
 class DomainClassifier(nn.Module):
@@ -167,7 +191,7 @@ def build_towers(w, patch_dim: int, pixel_dim: int) -> TwoTower:
     ft = w.finetune
     if not ft.init_from:
         enc = build_encoder(w.model, w.data.text.tokenizer, patch_dim, pixel_dim)
-        return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion)
+        return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion, ft.hot_queries_apart)
     enc, _, _ = load_model(w.path(ft.init_from))
     hidden = enc.hidden
     if w.model.patches and (enc.patch_proj is None or enc.patch_dim != patch_dim):
@@ -180,15 +204,16 @@ def build_towers(w, patch_dim: int, pixel_dim: int) -> TwoTower:
     enc.pixel_proj = enc.pixel_proj if w.model.pixels else None
     enc.patch_dim, enc.pixel_dim = patch_dim, pixel_dim
     enc.cfg = dataclasses.replace(enc.cfg, patches=w.model.patches, pixels=w.model.pixels)
-    return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion)
+    return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion, ft.hot_queries_apart)
 
 
 def save_towers(towers: TwoTower, out, tokenizer_name: str, meta: dict) -> None:
     """A self-contained model directory (see ``save_model``) whose ``ace_ray.json`` also describes the
     towers (embedding size, pooling, hot queries)."""
     info = {"task": "finetune", "embed_dim": towers.proj.out_features, "pooling": towers.pooling,
-            "hot_queries": towers.hot_queries, "fusion": towers.fusion, **meta}  # fmt: skip
-    heads = {"proj": towers.proj, **({"image_proj": towers.image_proj} if towers.additive else {})}
+            "hot_queries": towers.hot_queries, "fusion": towers.fusion, "hot_apart": towers.hot_apart, **meta}  # fmt: skip
+    heads = {"proj": towers.proj, **({"image_proj": towers.image_proj} if towers.additive else {}),
+             **({"hot_proj": towers.hot_proj} if towers.hot_apart else {})}  # fmt: skip
     save_model(towers.encoder, nn.ModuleDict(heads), out, tokenizer_name, info)
 
 
@@ -198,7 +223,12 @@ def load_towers(path) -> tuple[TwoTower, dict]:
     if info.get("task") != "finetune":
         raise ValueError(f"{path}: a {info.get('task', 'unknown')} model, not fine-tuned towers")
     towers = TwoTower(
-        enc, info["embed_dim"], info["pooling"], info["hot_queries"], info.get("fusion", "joint")
+        enc,
+        info["embed_dim"],
+        info["pooling"],
+        info["hot_queries"],
+        info.get("fusion", "joint"),
+        info.get("hot_apart", False),
     )
     missing = {k for k, _ in towers.named_parameters() if not k.startswith("encoder.")} - set(heads)
     if missing:

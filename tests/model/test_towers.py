@@ -94,3 +94,39 @@ def test_apart_keeps_the_title_out_of_the_image_vector_where_additive_lets_it_in
         towers.image_proj.weight.normal_()
     assert (_image_part(towers, x) - _image_part(towers, {**x, "pixels": -x["pixels"]})).abs().max() > 1e-3
     assert not _towers("apart").image_proj.weight.any()
+
+
+def _hot_towers(fusion, hot_apart=True, hot_queries=True):
+    torch.manual_seed(0)
+    return TwoTower(build_encoder(TINY, "minilm", 12, 48), 16, fusion=fusion, hot_queries=hot_queries,
+                    hot_apart=hot_apart).eval()  # fmt: skip
+
+
+def test_hot_queries_apart_start_as_the_tower_without_them_and_add_only_their_own_part(tmp_path):
+    x = _batch()
+    other_hot = {**x, "hot_ids": x["hot_ids"].flip(0), "hot_mask": x["hot_mask"].flip(0)}
+    other_titles = {**x, "title_ids": x["title_ids"].flip(0), "title_mask": x["title_mask"].flip(0)}
+    for fusion in ("joint", "apart"):
+        apart, without = _hot_towers(fusion), _hot_towers(fusion, hot_apart=False, hot_queries=False)
+        without.load_state_dict(apart.state_dict(), strict=False)
+        with torch.no_grad():
+            start = apart.encode_products(x)
+            assert torch.allclose(start, without.encode_products(x), atol=1e-5)
+            assert torch.allclose(start, apart.encode_products(other_hot), atol=1e-5)
+            # In one mean with the title, the hot queries move the product from the start.
+            joined = _hot_towers(fusion, hot_apart=False)
+            assert (joined.encode_products(x) - joined.encode_products(other_hot)).abs().max() > 1e-3
+            # Once their projection has learnt, they count, through their own part alone: with the rest
+            # silenced, the title no longer moves the product.
+            apart.hot_proj.weight.normal_()
+            assert (apart.encode_products(x) - apart.encode_products(other_hot)).abs().max() > 1e-3
+            save_towers(apart, tmp_path / fusion, "minilm", {})
+            again, info = load_towers(tmp_path / fusion)
+            assert info["hot_apart"] and torch.allclose(
+                apart.encode_products(x), again.encode_products(x), atol=1e-5
+            )
+            for head in (apart.proj, apart.image_proj):
+                if head is not None:
+                    head.weight.zero_()
+                    head.bias.zero_()
+            assert torch.allclose(apart.encode_products(x), apart.encode_products(other_titles), atol=1e-5)
