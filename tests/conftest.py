@@ -67,7 +67,8 @@ def train_worker_processes() -> list:
     me, found = os.getpid(), []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and any(a.pid == me for a in p.parents()):
+            ours = any(a.pid == me for a in p.parents())
+            if ours and "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

@@ -130,3 +130,13 @@ def test_hot_queries_apart_start_as_the_tower_without_them_and_add_only_their_ow
                     head.weight.zero_()
                     head.bias.zero_()
             assert torch.allclose(apart.encode_products(x), apart.encode_products(other_titles), atol=1e-5)
+
+
+def test_the_workload_key_builds_towers_with_the_hot_queries_apart():
+    from ace_ray.config import load_workload
+    from ace_ray.model.towers import build_towers
+
+    tiny = ["model.init=random", "model.size=tiny", "model.layers=2"]
+    for value, hot, apart in (("true", "true", True), ("false", "true", False), ("true", "false", False)):
+        w = load_workload(None, [*tiny, f"finetune.hot_queries_apart={value}", f"finetune.hot_queries={hot}"])
+        assert build_towers(w, 12, 48).hot_apart is apart
