@@ -126,9 +126,8 @@ class TwoTower(nn.Module):
         if self.hot_apart and hot_ids is not None:
             start, n = offsets[HOT]
             hot_part = self.hot_proj(self._pool(seq[:, start : start + n], mask[:, start : start + n]))
-            mask = torch.cat(
-                [mask[:, :start], torch.zeros_like(mask[:, start : start + n]), mask[:, start + n :]], 1
-            )
+            mask = mask.clone()
+            mask[:, start : start + n] = 0  # the rest of the product is pooled without them
         if not self.additive:
             return F.normalize((self.proj(self._pool(seq, mask)) + hot_part).float(), dim=-1)
         text_part = self.proj(self._pool(seq[:, :text], mask[:, :text]))
