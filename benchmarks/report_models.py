@@ -29,10 +29,10 @@ def report_models(
     report: Path, seeds: set[int] | None = None
 ) -> Iterator[tuple[str, int, Workload, TowerRetriever]]:
     """(method, seed, the run's workload, its model as a retriever) for each fine-tuned model of ``report``
-    (those of ``seeds`` only, if given; a report still in progress gives its finished runs); each model is downloaded from the report's MLflow store to a
-    temporary directory that lives until the next one."""
+    (those of ``seeds`` only, if given; a report still in progress gives its finished runs); each model is
+    downloaded from the report's MLflow store to a temporary directory that lives until the next one."""
     runs = [json.loads(line) for line in (report / "runs.jsonl").read_text().splitlines()]
-    # A report still training (or stopped) has no results.csv yet: its finished runs are named from their overrides.
+    # A report still training (or stopped) has no results.csv yet: its runs are named from their overrides.
     results = report / "results.csv"
     methods = pd.read_csv(results).set_index("run_id")["method"] if results.is_file() else {}
     base = load_workload(report / "workload.yaml")
