@@ -26,12 +26,17 @@ def describe() -> str:
             text=True,
             timeout=10,
         ).stdout.strip()
-    import ray
     import torch
 
+    try:  # a benchmark without Ray (benchmarks/step_throughput.py) runs where it is not installed
+        import ray
+
+        ray_version = f"ray {ray.__version__}"
+    except ImportError:
+        ray_version = "no ray"
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {gpu or 'no GPU'}; {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}, ray {ray.__version__}, "
+        f"{platform.release()}; Python {platform.python_version()}, {ray_version}, "
         f"torch {torch.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
 
