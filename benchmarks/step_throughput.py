@@ -1,10 +1,11 @@
 """The fine-tuning step alone, on a CPU or a GPU: pairs/s of one process running the towers' forward, the
 objective (with D's steps where the preset plays the game), backward, clipping and the optimiser step, in
 float32 and in bf16 autocast (as ``finetune.train.bf16`` does), for each preset and batch size. No Ray, no
-data pipeline: the batches are random tensors of the fashion import's shapes (16-token queries of 10 words,
-32-token titles of 20, 48 hot-query tokens, 16 RoI features of 1280, 49 pixel patches of 32x32x3), and the
-BERT is MiniLM-L6's shape with random weights (the speed of a step does not depend on the weights' values),
-so it runs where neither the packaged weights nor Ray are installed, e.g. a bare GPU machine:
+data pipeline: the batches are random tensors of the fashion import's shapes and stored types (16-token
+queries of 10 words, 32-token titles of 20, 48 hot-query tokens, 16 float16 RoI features of 1280, 49 uint8
+pixel patches of 32x32x3), and the BERT is MiniLM-L6's shape with random weights (the speed of a step does
+not depend on the weights' values), so it runs where neither the packaged weights nor Ray are installed,
+e.g. a bare GPU machine:
 
     python benchmarks/step_throughput.py [--presets acebert twinbert] [--batches 64 512] [--steps 10]
         [--device auto|cpu|cuda] [--threads N] [--workload workloads/tables_fashion.yaml] [key=value ...]
@@ -61,13 +62,17 @@ def random_batch(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         ids[:, 1 : words - 1] = torch.randint(1000, MINILM["vocab_size"], (n, words - 2), generator=gen)
         ids[:, 0], ids[:, words - 1] = CLS, SEP
         batch[f"{seg}_ids"], batch[f"{seg}_mask"] = ids, (torch.arange(length) < words).long().expand(n, -1)
-    batch["patches"] = torch.randn(n, *SHAPES["patches"], generator=gen)
-    batch["pixels"] = torch.randn(n, *SHAPES["pixels"], generator=gen)
+    # as the feature store keeps them, and as finetune.make_batch passes them on
+    batch["patches"] = torch.randn(n, *SHAPES["patches"], generator=gen).half()
+    batch["pixels"] = torch.randint(0, 256, (n, *SHAPES["pixels"]), generator=gen, dtype=torch.uint8)
     return batch
 
 
-def pairs_per_s(w, batch_size: int, steps: int, warmup: int, device: torch.device, bf16: bool) -> float:
-    """Pairs/s of ``steps`` fine-tuning steps after ``warmup`` untimed ones (one optimiser step each)."""
+def pairs_per_s(w, batch_size: int, steps: int, warmup: int, device: torch.device, bf16: bool,
+                profile: bool = False) -> float:  # fmt: skip
+    """Pairs/s of ``steps`` fine-tuning steps after ``warmup`` untimed ones (one optimiser step each); with
+    ``profile``, the timed steps run under torch's profiler and its table of the costliest operators is
+    printed (the rate is then the profiled one)."""
     torch.manual_seed(0)
     model = towers_for(w, device).train()
     worker.suit_attention(model, device, bf16)
@@ -82,11 +87,16 @@ def pairs_per_s(w, batch_size: int, steps: int, warmup: int, device: torch.devic
     mask = mask.to(device) if mask is not None else None
     keep = {"patches"} if w.model.patches else set()
     keep |= {"pixels"} if w.model.pixels else set()
-    t0 = None
+    t0, prof = None, None
     for step in range(1, warmup + steps + 1):
         if step == warmup + 1:
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            if profile:
+                kinds = [torch.profiler.ProfilerActivity.CPU]
+                kinds += [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+                prof = torch.profiler.profile(activities=kinds)
+                prof.__enter__()
             t0 = time.perf_counter()
         b = {k: v.to(device, non_blocking=True) for k, v in batches[step % 2].items()
              if k.endswith(("_ids", "_mask")) or k in keep}  # fmt: skip
@@ -106,7 +116,12 @@ def pairs_per_s(w, batch_size: int, steps: int, warmup: int, device: torch.devic
                 opt_d.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch_size * steps / (time.perf_counter() - t0)
+    rate = batch_size * steps / (time.perf_counter() - t0)
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=by, row_limit=20, max_name_column_width=60), flush=True)
+    return rate
 
 
 def main() -> None:
@@ -122,6 +137,8 @@ def main() -> None:
         default=str(Path(__file__).resolve().parent.parent / "workloads" / "tables_fashion.yaml"),
     )
     ap.add_argument("--no-record", action="store_true", help="print only")
+    ap.add_argument("--profile", action="store_true",
+                    help="print torch's profile of the first preset's first batch size in bf16 (where measured) and stop")  # fmt: skip
     ap.add_argument(
         "overrides", nargs="*", help="key=value workload overrides (model.layers=2, finetune.fusion=apart)"
     )
@@ -131,6 +148,11 @@ def main() -> None:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        w = load_with_preset(args.workload, args.overrides, args.presets[0])
+        bf16 = worker.uses_bf16(device, True)
+        pairs_per_s(w, args.batches[0], args.steps, args.warmup, device, bf16, profile=True)
+        return
     rows = []
     for preset in args.presets:
         w = load_with_preset(args.workload, args.overrides, preset)
@@ -151,7 +173,7 @@ def main() -> None:
             if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads"
         )
-        record(str(RESULTS), f"fine-tuning step alone, no Ray ({where}; random MiniLM-shaped BERT, {w.model.layers} "
+        record(str(RESULTS), f"fine-tuning step alone, no Ray ({where}; random MiniLM-shaped BERT, {w.model.layers or 'all 6'} "
                f"layers, fusion {w.finetune.fusion}, {args.steps} timed steps)",
                ["preset", "pairs a step", "float32 pairs/s", "bf16 autocast pairs/s", "bf16 ms a step", "speed-up"],
                rows, "python benchmarks/step_throughput.py " + " ".join(sys.argv[1:]))  # fmt: skip

@@ -43,20 +43,7 @@ DONE = "_done.json"
 # 2: feature rows instead of the features themselves; 3: the plan drawn per pair (batch_plan); 4: each pair's
 # product's hot queries also without the pair's own query (``hot_other_*``)
 LAYOUT = 4
-# ImageNet statistics for raw pixel patches, applied when batches are built (the store keeps uint8).
-PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
-_PIXEL_SCALE = (1.0 / (255.0 * PIXEL_STD)).astype(np.float32)
-_PIXEL_SHIFT = (PIXEL_MEAN / PIXEL_STD).astype(np.float32)
 _NO_FEATURES = -1  # the partition of pairs whose product has no features
-
-
-def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
-    """uint8 patches [..., patch*patch*3] (RGB, channel last) -> float32 normalised like ImageNet,
-    ``(p / 255 - mean) / std`` as one scale and one shift (two passes over the batch, not five)."""
-    out = np.multiply(pixels.reshape(*pixels.shape[:-1], -1, 3), _PIXEL_SCALE, dtype=np.float32)
-    out -= _PIXEL_SHIFT
-    return out.reshape(pixels.shape)
 
 
 def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:

@@ -14,7 +14,6 @@ import torch
 from ace_ray.config import EvalConfig
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
-from ace_ray.data.batching import normalise_pixels
 from ace_ray.data.clicks import check_split
 from ace_ray.data.hot_queries import read_hot_queries
 from ace_ray.eval.baselines import EmbeddingRetriever
@@ -32,8 +31,9 @@ def product_inputs(
     out = {"title_ids": t["input_ids"], "title_mask": t["attention_mask"], "hot_ids": h["input_ids"],
            "hot_mask": h["attention_mask"]}  # fmt: skip
     out = {k: torch.from_numpy(v.astype(np.int64)) for k, v in out.items()}
-    out["patches"] = torch.from_numpy(manifest.stack_patches(rows["patch_features"]).astype(np.float32))
-    out["pixels"] = torch.from_numpy(normalise_pixels(manifest.stack_pixels(rows["pixels"])))
+    # As stored (float16, uint8): the encoder converts them on its own device (see finetune.make_batch).
+    out["patches"] = torch.from_numpy(manifest.stack_patches(rows["patch_features"]))
+    out["pixels"] = torch.from_numpy(manifest.stack_pixels(rows["pixels"]))
     return out
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from ace_ray.config import ModelConfig
 from ace_ray.data import text
+from ace_ray.data.pixels import normalise_pixel_tensor
 
 # Segment ids (token types).
 TITLE, HOT, PATCH, PIXEL = 0, 1, 2, 3
@@ -124,6 +125,8 @@ class CEBert(nn.Module):
         if pixels is not None:
             if self.pixel_proj is None:
                 raise ValueError("this encoder was built with model.pixels=false but got pixel patches")
+            if pixels.dtype == torch.uint8:  # as stored: normalised here, on the model's device
+                pixels = normalise_pixel_tensor(pixels)
             x = self.pixel_proj(pixels.to(parts[0].dtype))
             add(x, PIXEL, torch.ones(x.shape[:2], device=x.device))
         embeds, mask = torch.cat(parts, 1), torch.cat(masks, 1)

@@ -26,7 +26,7 @@ from ace_ray import tracking
 from ace_ray.config import ConfigError, Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
-from ace_ray.data.batching import cached_finetune_batches, normalise_pixels
+from ace_ray.data.batching import cached_finetune_batches
 from ace_ray.data.clicks import train_split
 from ace_ray.data.feature_table import for_store
 from ace_ray.data.plan import EpochPlan
@@ -52,10 +52,12 @@ def make_batch(raw: dict, w: Workload) -> dict:
     """One row of the fine-tune stream (a whole batch, numpy, with its gathered ``patches`` and ``pixels``)
     -> tensors for the towers."""
     batch = {k: torch.from_numpy(np.asarray(raw[k][0]).astype(np.int64)) for k in TEXT_COLUMNS}
+    # The image inputs as stored (float16 features, uint8 pixels): the encoder converts them on its own
+    # device, so a GPU is sent a half and a quarter of the float32 bytes.
     if w.model.patches:
-        batch["patches"] = torch.from_numpy(np.asarray(raw["patches"][0], np.float32))
+        batch["patches"] = torch.from_numpy(np.array(raw["patches"][0]))
     if w.model.pixels:
-        batch["pixels"] = torch.from_numpy(normalise_pixels(np.asarray(raw["pixels"][0])))
+        batch["pixels"] = torch.from_numpy(np.array(raw["pixels"][0], np.uint8))
     batch["product_id"] = list(raw["product_id"][0])
     others = batch.pop("hot_other_ids"), batch.pop("hot_other_mask")
     if w.finetune.hot_queries and w.finetune.hot_query_leave_out > 0:

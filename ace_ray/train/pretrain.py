@@ -22,7 +22,7 @@ from ace_ray import tracking
 from ace_ray.config import ConfigError, Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import feature_table, text
-from ace_ray.data.batching import normalise_pixels
+from ace_ray.data.pixels import normalise_pixels
 from ace_ray.data.plan import EpochPlan, seed_for
 from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, read_holdout, set_counts
 from ace_ray.model.encoder import build_encoder, save_model, trim_padding

@@ -13,7 +13,7 @@ from ace_ray.config import BatchConfig, ClickModelConfig, FeaturesConfig, SynthC
 from ace_ray.data import feature_store as fs
 from ace_ray.data import text
 from ace_ray.data.batch_plan import number_partition, pair_draws, partition_offsets, plan_batches, with_draws
-from ace_ray.data.batching import build_finetune_batches, normalise_pixels
+from ace_ray.data.batching import build_finetune_batches
 from ace_ray.data.click_stream import _read_group, read_train_clicks
 from ace_ray.data.clicks import check_split, clean_clicks, first_test_day, train_split
 from ace_ray.data.feature_table import for_store
@@ -86,15 +86,6 @@ def test_pretrain_pairs_one_positive_three_negatives():
     assert (np.bincount(titles) == 4).all() and (np.bincount(images[label == 1]) == 1).all()
     with pytest.raises(ValueError, match="two products"):
         pair_in_batch(1, 3, np.random.default_rng(0))
-
-
-def test_pixel_normalisation_matches_a_naive_loop():
-    px = np.random.default_rng(0).integers(0, 256, (2, 3, 4 * 4 * 3), dtype=np.uint8)
-    out = normalise_pixels(px)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    for i in range(px.shape[-1]):
-        c = i % 3
-        np.testing.assert_allclose(out[..., i], (px[..., i] / 255.0 - mean[c]) / std[c], rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import torch
 
 from ace_ray.config import ModelConfig
 from ace_ray.data import text
+from ace_ray.data.pixels import normalise_pixels
 from ace_ray.model.encoder import HOT, PATCH, PIXEL, TITLE, build_encoder, load_model, save_model
 from ace_ray.model.heads import PretrainHeads
 
@@ -42,6 +43,22 @@ def test_padding_does_not_change_the_encoding():
     pad = {**x, "title_ids": torch.cat([x["title_ids"], torch.zeros(3, 5, dtype=x["title_ids"].dtype)], 1),
            "title_mask": torch.cat([x["title_mask"], torch.zeros(3, 5, dtype=x["title_mask"].dtype)], 1)}  # fmt: skip
     assert torch.allclose(a, enc(**pad)[1], atol=1e-5)
+
+
+def test_stored_image_inputs_encode_as_their_float32_normalised_form():
+    """Batches carry patches and pixels as stored (float16, uint8) and the encoder converts them on its own
+    device: the encoding must be the one of the converted inputs."""
+    enc = build_encoder(TINY, "minilm", 12, 48).eval()
+    x = _inputs()
+    stored = {
+        **x,
+        "patches": x["patches"].half(),
+        "pixels": torch.randint(0, 256, (3, 5, 48), dtype=torch.uint8),
+    }
+    converted = {**stored, "patches": stored["patches"].float(),
+                 "pixels": torch.from_numpy(normalise_pixels(stored["pixels"].numpy()))}  # fmt: skip
+    with torch.no_grad():
+        assert torch.allclose(enc(**stored)[0], enc(**converted)[0], atol=1e-5)
 
 
 def test_packaged_minilm_first_layers_and_a_local_directory(tmp_path):
