@@ -1,5 +1,5 @@
-"""Raw pixel patches: the feature store keeps them as uint8 (RGB, channel last); the encoder reads them
-normalised like ImageNet, ``(p / 255 - mean) / std``, as one scale and one shift."""
+"""Raw pixel patches: the feature store and the batches keep them as uint8 (RGB, channel last); the encoder
+normalises them like ImageNet, ``(p / 255 - mean) / std``, as one scale and one shift."""
 
 from __future__ import annotations
 
@@ -14,16 +14,10 @@ _PIXEL_SCALE = (1.0 / (255.0 * PIXEL_STD)).astype(np.float32)
 _PIXEL_SHIFT = (PIXEL_MEAN / PIXEL_STD).astype(np.float32)
 
 
-def normalise_pixels(pixels: np.ndarray) -> np.ndarray:
-    """uint8 patches [..., patch*patch*3] -> float32, normalised (two passes over the batch, not five)."""
-    out = np.multiply(pixels.reshape(*pixels.shape[:-1], -1, 3), _PIXEL_SCALE, dtype=np.float32)
-    out -= _PIXEL_SHIFT
-    return out.reshape(pixels.shape)
-
-
 def normalise_pixel_tensor(pixels: torch.Tensor) -> torch.Tensor:
-    """``normalise_pixels`` of a uint8 tensor, on its own device: a batch moves to a GPU as uint8, a quarter
-    of the bytes of float32 (the host-to-device copy was most of an ACE-BERT step on a GPU)."""
+    """uint8 patches [..., patch*patch*3] -> float32, normalised on their own device:
+    a batch moves to a GPU as uint8, a quarter of the bytes of float32 (the host-to-device copy was
+    most of an ACE-BERT step on a GPU; benchmarks/results/train_throughput.md)."""
     scale, shift = _scale_shift(pixels.device)
     out = pixels.reshape(*pixels.shape[:-1], -1, 3).float() * scale - shift
     return out.reshape(pixels.shape)

@@ -22,7 +22,6 @@ from ace_ray import tracking
 from ace_ray.config import ConfigError, Workload, to_dict
 from ace_ray.data import feature_store as fs
 from ace_ray.data import feature_table, text
-from ace_ray.data.pixels import normalise_pixels
 from ace_ray.data.plan import EpochPlan, seed_for
 from ace_ray.data.pretrain_set import build_pretrain_set, pair_in_batch, read_holdout, set_counts
 from ace_ray.model.encoder import build_encoder, save_model, trim_padding
@@ -64,7 +63,8 @@ def make_batch(raw: dict, w: Workload, seed: int) -> dict[str, torch.Tensor]:
         batch["patches"], batch["patch_masked"] = mask_patches(p, w.pretrain.mpm_prob, gen)
         batch["patch_target"] = p
     if w.model.pixels:
-        batch["pixels"] = torch.from_numpy(normalise_pixels(np.asarray(raw["pixels"])))[ii]
+        # uint8 as stored: the encoder normalises them on its own device (ace_ray.data.pixels)
+        batch["pixels"] = torch.from_numpy(np.asarray(raw["pixels"], np.uint8))[ii]
     return batch
 
 
