@@ -1,7 +1,7 @@
 """What the hot queries do to a fine-tuned model's retrieval. For each model of ``ace-ray reproduce``
 reports whose product tower reads hot queries: Recall@100 over all test queries, over their warm targets
 (products with train-day clicks, so with hot queries) and over their cold targets, and the share of
-the top 100 that is cold (beside the catalogue's); once with the hot queries evaluation gives the products,
+the top 100 that is cold (beside the catalogue's) and GAUC (the test sessions' shown products ranked); once with the hot queries evaluation gives the products,
 once with every product embedded without them (as a cold one). Also, per report, how often a click's query
 is among its product's hot queries on the train days (what a training pair sees) and on the test days.
 
@@ -32,6 +32,7 @@ from ace_ray.data.clicks import clean_clicks, first_test_day  # noqa: E402
 from ace_ray.data.hot_queries import read_hot_queries  # noqa: E402
 from ace_ray.data.validate import load_clean  # noqa: E402
 from ace_ray.eval.data import EvalData, load_eval_data  # noqa: E402
+from ace_ray.eval.evaluate import evaluate_method  # noqa: E402
 from ace_ray.eval.metrics import per_query  # noqa: E402
 from ace_ray.runtime import ensure_ray  # noqa: E402
 
@@ -58,15 +59,14 @@ def query_among_hot(root: Path, test_days: int, hot_k: int) -> tuple[float, floa
 
 
 def recalls(model, data: EvalData) -> list[float]:
-    """Recall@K over all targets, warm targets, cold targets; the cold share of the top K."""
-    model.fit(data.products)
-    _, top = model.search(data.queries, K)
-    out = [float(per_query(top, data.targets, [K])[f"recall@{K}"].mean())]
-    for side in (~data.cold, data.cold):
-        picked = [(i, t[side[t]]) for i, t in enumerate(data.targets) if side[t].any()]
-        rows = per_query(top[[i for i, _ in picked]], [t for _, t in picked], [K])
-        out.append(float(rows[f"recall@{K}"].mean()))
-    return [*out, float(data.cold[top[top >= 0]].mean())]
+    """Recall@K over all targets, warm targets, cold targets; the cold share of the top K; GAUC (as
+    ``ace-ray evaluate`` measures them)."""
+    ev = evaluate_method(model, data, [K])
+    top, m = ev["retrieved"], ev["metrics"]
+    warm = [(i, t[~data.cold[t]]) for i, t in enumerate(data.targets) if (~data.cold[t]).any()]
+    warm_recall = per_query(top[[i for i, _ in warm]], [t for _, t in warm], [K])[f"recall@{K}"].mean()
+    return [m[f"recall@{K}"], float(warm_recall), m[f"cold_recall@{K}"], float(data.cold[top[top >= 0]].mean()),
+            m["gauc"]]  # fmt: skip
 
 
 def report_rows(report: Path, seeds: set[int] | None) -> list[list]:
@@ -89,8 +89,8 @@ def report_rows(report: Path, seeds: set[int] | None) -> list[list]:
             r = recalls(model, data)
             how = "as evaluated" if hot else "no product's hot queries"
             print(f"[hot_query_effect] {label}: {method} seed {seed}, {how}: Recall@{K} {r[0]:.3f}, warm "
-                  f"{r[1]:.3f}, cold {r[2]:.3f}; cold share of the top {K} {r[3]:.3f}", flush=True)  # fmt: skip
-            out.append([f"{label}: {method}", seed, how, *(f"{x:.3f}" for x in r), f"{data.cold.mean():.3f}",
+                  f"{r[1]:.3f}, cold {r[2]:.3f}; cold share of the top {K} {r[3]:.3f}; GAUC {r[4]:.3f}", flush=True)  # fmt: skip
+            out.append([f"{label}: {method}", seed, how, *(f"{x:.3f}" for x in r[:4]), f"{data.cold.mean():.3f}", f"{r[4]:.3f}",
                         f"{train_share:.3f} / {test_share:.3f}"])  # fmt: skip
     return out
 
@@ -105,9 +105,9 @@ def main() -> None:
     seeds = set(args.seeds) if args.seeds else None
     rows = [row for r in args.reports for row in report_rows(r, seeds)]
     if not args.no_record:
-        record(str(RESULTS), f"hot queries as evaluated and none at all, Recall@{K}",
+        record(str(RESULTS), f"hot queries as evaluated and none at all, Recall@{K} and GAUC",
                ["import, budget: row", "seed", "products embedded", f"Recall@{K}", "warm targets", "cold targets",
-                f"cold share of top {K}", "cold share of catalogue", "query among hot: train / test clicks"], rows,
+                f"cold share of top {K}", "cold share of catalogue", "GAUC", "query among hot: train / test clicks"], rows,
                "python benchmarks/hot_query_effect.py " + " ".join(sys.argv[1:]))  # fmt: skip
 
 
