@@ -1,8 +1,9 @@
 """What the hot queries do to a fine-tuned model's retrieval. For each model of ``ace-ray reproduce``
 reports whose product tower reads hot queries: Recall@100 over all test queries, over their warm targets
 (products with train-day clicks, so with hot queries) and over their cold targets, and the share of
-the top 100 that is cold (beside the catalogue's) and GAUC (the test sessions' shown products ranked); once with the hot queries evaluation gives the products,
-once with every product embedded without them (as a cold one). Also, per report, how often a click's query
+the top 100 that is cold (beside the catalogue's) and GAUC (the test sessions' shown products ranked); once
+with the hot queries evaluation gives the products, once with every product embedded without them (as a cold
+one). Also, per report, how often a click's query
 is among its product's hot queries on the train days (what a training pair sees) and on the test days.
 
     python benchmarks/hot_query_effect.py REPORT_DIR [REPORT_DIR ...] [--seeds 0 1 2] [--no-record]

@@ -18,6 +18,7 @@ benchmarks/results/train_throughput.md.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,7 @@ def pairs_per_s(w, batch_size: int, steps: int, warmup: int, device: torch.devic
                 kinds = [torch.profiler.ProfilerActivity.CPU]
                 kinds += [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
                 prof = torch.profiler.profile(activities=kinds)
-                prof.__enter__()
+                prof.start()
             t0 = time.perf_counter()
         b = {k: v.to(device, non_blocking=True) for k, v in batches[step % 2].items()
              if k.endswith(("_ids", "_mask")) or k in keep}  # fmt: skip
@@ -108,17 +109,19 @@ def pairs_per_s(w, batch_size: int, steps: int, warmup: int, device: torch.devic
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if disc is not None and (objective.steps_disc_with_encoder() or objective.disc_due(step)):
-            for _ in range(1 if objective.steps_disc_with_encoder() else objective.disc_steps):
-                if not objective.steps_disc_with_encoder():
-                    objective.disc_loss(q, a, disc).backward()
+        if disc is not None and objective.steps_disc_with_encoder():  # D learnt from this step's backward
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+        elif disc is not None and objective.disc_due(step):  # D's own steps (as FinetuneTask.after_step)
+            for _ in range(objective.disc_steps):
+                objective.disc_loss(q, a, disc).backward()
                 opt_d.step()
                 opt_d.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     rate = batch_size * steps / (time.perf_counter() - t0)
     if prof is not None:
-        prof.__exit__(None, None, None)
+        prof.stop()
         by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=by, row_limit=20, max_name_column_width=60), flush=True)
     return rate
@@ -165,7 +168,7 @@ def main() -> None:
                 rates.append(pairs_per_s(w, n, args.steps, args.warmup, device, bf16))
                 print(f"[step_throughput] {device.type}: {preset}, {n} pairs, {'bf16' if bf16 else 'float32'}: "
                       f"{rates[-1]:.1f} pairs/s ({1000 * n / rates[-1]:.0f} ms a step)", flush=True)  # fmt: skip
-            rows.append([preset, n, f"{rates[0]:.1f}", f"{rates[1]:.1f}", f"{1000 * n / rates[1]:.0f}" if rates[1] == rates[1] else "", f"{rates[1] / rates[0]:.2f}"])  # fmt: skip
+            rows.append([preset, n, f"{rates[0]:.1f}", f"{rates[1]:.1f}", "" if math.isnan(rates[1]) else f"{1000 * n / rates[1]:.0f}", f"{rates[1] / rates[0]:.2f}"])  # fmt: skip
     if not args.no_record:
         w = load_with_preset(args.workload, args.overrides, args.presets[0])
         where = (
