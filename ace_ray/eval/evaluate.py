@@ -110,6 +110,9 @@ def run_evaluation(model_dir: str | Path | None, root: str | Path, store: fs.Fea
     metrics = {n: r["metrics"] for n, r in results.items()}
     sections = [("Data", report.metrics_table([{"item": k, "count": v} for k, v in data.counts.items()], ["count"],
                                                name_key="item"))]  # fmt: skip
+    if not methods:  # eval.baselines=[] and no model (reproduce's baseline pass): the data counts alone
+        report.write_report(out_dir / "report.md", "Evaluation", sections)
+        return {"_counts": data.counts}
     cols = [c for c in SUMMARY if any(c in m for m in metrics.values())]
     sections.append(("Retrieval (exact search)", report.metrics_table([{"method": n, **m} for n, m in metrics.items()],
                                                                       cols)))  # fmt: skip

@@ -88,6 +88,15 @@ def test_metrics_equal_a_naive_recomputation_and_the_report_is_written(setup, tm
     assert res["_counts"]["test_queries"] == len(data.queries) > 20
 
 
+def test_no_model_and_no_baselines_reports_the_data_alone(setup, tmp_path):
+    # reproduce's baseline pass with eval.baselines=[]: once crashed after every fine-tuning had run.
+    w, root, store, towers, model_dir = setup
+    res = run_evaluation(None, root, store, 1, EvalConfig(baselines=[]), tmp_path / "eval")
+    assert set(res) == {"_counts"} and res["_counts"]["test_queries"] > 20
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "test_queries" in text and "Retrieval" not in text
+
+
 def test_evaluate_command_reads_the_model_of_an_mlflow_run(setup, tmp_path):
     w, root, store, towers, model_dir = setup
     # The workload names another preset: the results are named for the one the model was trained with.
