@@ -307,6 +307,13 @@ class FinetuneConfig:
     # query only half the time: without it the tower learns to match a query to its copy. The default, 0.5,
     # won on the colour-hidden fashion import and the quickstart shop (benchmarks/results/).
     hot_query_leave_out: float = _f(0.5, ge=0, le=1)
+    # The exact form of the above: the pair's own click taken out of its product's hot-query counts, so a
+    # query that only this click made hot is not among them (53% of the fashion import's pairs; the other
+    # 47% keep their query, as 52% of test-day queries are among their product's hot queries). Random
+    # leave-out also shows such a query half the time: a copy of the query that no test day can have, and the
+    # one-click hot queries are the noisy ones (33% name another colour, 19% of the repeated ones). Applies
+    # first; hot_query_leave_out then draws among the pairs that keep their query.
+    hot_query_leave_one_out: bool = False
     # The hot queries pooled on their own and added through their own projection, which starts at zero
     # (the hot-query tokens attend only to each other, no other token to them): the tower starts as the
     # one without hot queries and learns in what they add, instead of 48 hot-query tokens outweighing the

@@ -41,8 +41,9 @@ from ace_ray.data.validate import load_clean_products
 BATCHES_DIR = "finetune_batches"
 DONE = "_done.json"
 # 2: feature rows instead of the features themselves; 3: the plan drawn per pair (batch_plan); 4: each pair's
-# product's hot queries also without the pair's own query (``hot_other_*``)
-LAYOUT = 4
+# product's hot queries also without the pair's own query (``hot_other_*``); 5: the own query's train-day
+# clicks on the product (``hot_own_clicks``)
+LAYOUT = 5
 _NO_FEATURES = -1  # the partition of pairs whose product has no features
 
 
@@ -56,6 +57,9 @@ def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
     # hot queries, a test-day query often is not (finetune.hot_query_leave_out).
     others = [[x for x in hot if x != q] for hot, q in zip(g["hot_queries"], g["query"], strict=True)]
     o = text.encode([text.join_hot_queries(x) for x in others], cfg.max_hot, cfg.tokenizer)
+    # 1: the pair's own click is what made its query hot (finetune.hot_query_leave_one_out); 0: not hot.
+    own = [dict(zip(hot, clicks, strict=True)).get(q, 0)
+           for hot, clicks, q in zip(g["hot_queries"], g["hot_clicks"], g["query"], strict=True)]  # fmt: skip
     row = {
         "batch_id": int(g["batch_id"].iloc[0]),
         "pair_id": g["row"].to_numpy(),  # the pair's row in the click log
@@ -65,6 +69,7 @@ def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
         "title_ids": t["input_ids"], "title_mask": t["attention_mask"],
         "hot_ids": h["input_ids"], "hot_mask": h["attention_mask"],
         "hot_other_ids": o["input_ids"], "hot_other_mask": o["attention_mask"],
+        "hot_own_clicks": np.asarray(own, np.int64),
         "feature_row": g["feature_row"].to_numpy(np.int64),
     }  # fmt: skip
     return pd.DataFrame([row])
@@ -126,14 +131,16 @@ def build_finetune_batches(
 
 def _catalogue(root: Path, store: fs.FeatureStore, test_days: int, hot_k: int) -> pd.DataFrame:
     """Per validated product (O(products)): category, title, its row in the feature table (-1: no
-    features) and its hot queries of this split."""
+    features) and its hot queries of this split with their clicks."""
     products = load_clean_products(root)[["product_id", "category", "title"]]
     rows = for_store(store).ids.rename(columns={"row": "feature_row"})
-    hot = read_hot_queries(root, test_days, hot_k)[["product_id", "hot_queries"]]
+    hot = read_hot_queries(root, test_days, hot_k)[["product_id", "hot_queries", "hot_clicks"]]
     out = products.merge(rows, on="product_id", how="left").merge(hot, on="product_id", how="left")
+    as_list = lambda x: list(x) if isinstance(x, list | np.ndarray) else []  # noqa: E731 (no row: none)
     return out.assign(
         feature_row=out["feature_row"].fillna(-1).astype(np.int64),
-        hot_queries=out["hot_queries"].map(lambda q: list(q) if isinstance(q, list | np.ndarray) else []),
+        hot_queries=out["hot_queries"].map(as_list),
+        hot_clicks=out["hot_clicks"].map(as_list),
     )
 
 

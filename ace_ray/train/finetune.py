@@ -60,21 +60,28 @@ def make_batch(raw: dict, w: Workload) -> dict:
         batch["pixels"] = torch.from_numpy(np.array(raw["pixels"][0], np.uint8))
     batch["product_id"] = list(raw["product_id"][0])
     others = batch.pop("hot_other_ids"), batch.pop("hot_other_mask")
-    if w.finetune.hot_queries and w.finetune.hot_query_leave_out > 0:
-        leave_out_pair_query(batch, *others, w.finetune.hot_query_leave_out)
+    f = w.finetune
+    if f.hot_queries and (f.hot_query_leave_out > 0 or f.hot_query_leave_one_out):
+        only_click = (
+            torch.from_numpy(np.asarray(raw["hot_own_clicks"][0]) == 1) if f.hot_query_leave_one_out else None
+        )
+        leave_out_pair_query(batch, *others, f.hot_query_leave_out, only_click)
     if w.finetune.hot_queries and w.finetune.hot_query_dropout > 0:
         drop_hot_queries(batch, w.finetune.hot_query_dropout, w.data.text)
     return batch
 
 
-def leave_out_pair_query(
-    batch: dict, other_ids: torch.Tensor, other_mask: torch.Tensor, share: float
-) -> None:
-    """For about ``share`` of the batch's rows (torch's RNG, seeded per batch by the loop), show the product
-    with its hot queries other than the pair's own query (``other_*``: the batch files' ``hot_other_*``).
-    Otherwise the tower learns to find a product by its query's copy among the hot queries, which a
-    test-day query often is not."""
-    rows = torch.rand(len(batch["hot_ids"])) < share
+def leave_out_pair_query(batch: dict, other_ids: torch.Tensor, other_mask: torch.Tensor, share: float,
+                         only_click: torch.Tensor | None = None) -> None:  # fmt: skip
+    """For the rows of ``only_click`` (pairs whose own click is the only one that made their query hot) and
+    about ``share`` of the others (torch's RNG, seeded per batch by the loop), show the product with its hot
+    queries other than the pair's own query (``other_*``: the batch files' ``hot_other_*``). Otherwise the
+    tower learns to find a product by its query's copy among the hot queries, which a test-day query often
+    is not."""
+    n = len(batch["hot_ids"])
+    rows = torch.rand(n) < share if share > 0 else torch.zeros(n, dtype=torch.bool)
+    if only_click is not None:
+        rows |= only_click
     batch["hot_ids"][rows] = other_ids[rows]
     batch["hot_mask"][rows] = other_mask[rows]
 
@@ -131,7 +138,7 @@ class FinetuneTask(loop.Task):
         self.disc = DomainClassifier(ft.embed_dim, adv.disc_hidden).to(device) if adv.mode != "none" else None
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=adv.disc_lr) if self.disc else None
         self.disc_steps = Counter()
-        self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", "feature_row"]
+        self.columns = ["batch_id", *TEXT_COLUMNS, "hot_own_clicks", "product_id", "feature_row"]
         self.same_category = ft.image_loss_weight > 0 and ft.image_negatives == "same_category"
         if self.same_category:
             self.columns.append("category")
@@ -182,7 +189,7 @@ class FinetuneTask(loop.Task):
                 d_loss = self.objective.disc_loss(*self.last, self.disc)
                 d_loss.backward()
                 self._disc_update()
-                out["d_loss"] = float(d_loss)
+                out["d_loss"] = d_loss.item()
         self.opt_d.zero_grad(set_to_none=True)
         return {**out, "disc_steps": float(self.disc_steps.value)}
 

@@ -166,12 +166,18 @@ def test_ray_data_batches_are_the_reference_plans(featurised, tmp_path, partitio
     by_row = ref.set_index("row")["product_id"]
     assert all(list(by_row.loc[list(b["pair_id"][0])]) == list(b["product_id"][0]) for b in got)
     # Each pair's product carries its hot queries, and the same less the pair's own query (which a
-    # train-day click's query nearly always is among).
+    # train-day click's query nearly always is among), and how many train-day clicks made the query hot.
     hot = read_hot_queries(root, 1).set_index("product_id")["hot_queries"].map(list)
     cfg_t, pairs, left_out = TextConfig(), ref.set_index("row"), 0
+    clicks = ref.groupby(["product_id", "query"]).size()
+    own_clicks = []
     for f in (tmp_path / "b").glob("*.parquet"):
-        b = _read_columns(str(f), ["pair_id", "hot_ids", "hot_other_ids", "hot_other_mask"])
+        b = _read_columns(str(f), ["pair_id", "hot_ids", "hot_other_ids", "hot_other_mask", "hot_own_clicks"])
         p = pairs.loc[list(b["pair_id"][0])]
+        want_own = [clicks[(pid, q)] if q in hot.get(pid, []) else 0
+                    for pid, q in zip(p["product_id"], p["query"], strict=True)]  # fmt: skip
+        assert list(b["hot_own_clicks"][0]) == want_own
+        own_clicks += want_own
         full = [hot.get(pid, []) for pid in p["product_id"]]
         others = [[x for x in h if x != q] for h, q in zip(full, p["query"], strict=True)]
         left_out += sum(len(h) - len(o) for h, o in zip(full, others, strict=True))
@@ -179,6 +185,7 @@ def test_ray_data_batches_are_the_reference_plans(featurised, tmp_path, partitio
             want_ids = text.encode([text.join_hot_queries(x) for x in lists], cfg_t.max_hot, cfg_t.tokenizer)
             assert np.array_equal(np.stack(b[col][0]), want_ids["input_ids"])
     assert left_out >= 0.9 * len(ref)  # nearly every pair's query is among its product's hot queries
+    assert 0 < own_clicks.count(1) < len(own_clicks) and max(own_clicks) > 1  # one-click and repeated ones
 
 
 @pytest.mark.ray

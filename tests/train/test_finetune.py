@@ -162,7 +162,8 @@ def test_hot_query_leave_out_shows_a_share_of_products_without_the_pairs_own_que
     queries = [f"red dress {i}" for i in range(400)]
     segments = {"query": (queries, cfg.max_query), "title": (["dress"] * 400, cfg.max_title),
                 "hot": ([f"{q} ; dress" for q in queries], cfg.max_hot), "hot_other": (["dress"] * 400, cfg.max_hot)}  # fmt: skip
-    raw = {"product_id": [[str(i) for i in range(400)]]}
+    # The first 100 pairs' own clicks are the only ones that made their query hot; the rest are repeated.
+    raw = {"product_id": [[str(i) for i in range(400)]], "hot_own_clicks": [np.array([1] * 100 + [3] * 300)]}
     for name, (texts, length) in segments.items():
         enc = text.encode(texts, length, cfg.tokenizer)
         raw[f"{name}_ids"], raw[f"{name}_mask"] = [enc["input_ids"]], [enc["attention_mask"]]
@@ -184,6 +185,12 @@ def test_hot_query_leave_out_shows_a_share_of_products_without_the_pairs_own_que
     assert torch.equal(batch(share + "1", "finetune.hot_queries=false")["hot_ids"], full["hot_ids"])
     with pytest.raises(ValueError, match="hot_query_leave_out"):
         workload(share + "1.5")
+    # Leave-one-out: exactly the one-click pairs lose their query; the share then draws among the others.
+    one = "finetune.hot_query_leave_one_out=true"
+    exact = (batch(one, share + "0")["hot_ids"] == none["hot_ids"]).all(1)
+    assert exact[:100].all() and not exact[100:].any()
+    both = (batch(one, share + "0.5")["hot_ids"] == none["hot_ids"]).all(1)
+    assert both[:100].all() and 0.4 < both[100:].float().mean() < 0.6
 
 
 def test_the_image_loss_matches_the_photo_alone_against_its_categorys_products(shop, tmp_path):
