@@ -57,7 +57,8 @@ def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
     # hot queries, a test-day query often is not (finetune.hot_query_leave_out).
     others = [[x for x in hot if x != q] for hot, q in zip(g["hot_queries"], g["query"], strict=True)]
     o = text.encode([text.join_hot_queries(x) for x in others], cfg.max_hot, cfg.tokenizer)
-    # 1: the pair's own click is what made its query hot (finetune.hot_query_leave_one_out); 0: not hot.
+    # The own query's train-day clicks on the product, 0 where it is not hot; 1: this pair's click alone made
+    # it hot (finetune.hot_query_leave_one_out).
     own = [dict(zip(hot, clicks, strict=True)).get(q, 0)
            for hot, clicks, q in zip(g["hot_queries"], g["hot_clicks"], g["query"], strict=True)]  # fmt: skip
     row = {

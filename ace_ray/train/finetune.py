@@ -66,8 +66,8 @@ def make_batch(raw: dict, w: Workload) -> dict:
             torch.from_numpy(np.asarray(raw["hot_own_clicks"][0]) == 1) if f.hot_query_leave_one_out else None
         )
         leave_out_pair_query(batch, *others, f.hot_query_leave_out, only_click)
-    if w.finetune.hot_queries and w.finetune.hot_query_dropout > 0:
-        drop_hot_queries(batch, w.finetune.hot_query_dropout, w.data.text)
+    if f.hot_queries and f.hot_query_dropout > 0:
+        drop_hot_queries(batch, f.hot_query_dropout, w.data.text)
     return batch
 
 
