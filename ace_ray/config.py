@@ -312,7 +312,9 @@ class FinetuneConfig:
     # 47% keep their query, as 52% of test-day queries are among their product's hot queries). Random
     # leave-out also shows such a query half the time: a copy of the query that no test day can have, and the
     # one-click hot queries are the noisy ones (33% name another colour, 19% of the repeated ones). Applies
-    # first; hot_query_leave_out then draws among the pairs that keep their query.
+    # first; hot_query_leave_out then draws among the pairs that keep their query. Off: on the plain fashion
+    # import it traded Recall@100 for a little GAUC, and was slightly behind on the quickstart
+    # (benchmarks/results/reproduce_fashion/three_epochs/).
     hot_query_leave_one_out: bool = False
     # The hot queries pooled on their own and added through their own projection, which starts at zero
     # (the hot-query tokens attend only to each other, no other token to them): the tower starts as the
