@@ -138,7 +138,9 @@ class FinetuneTask(loop.Task):
         self.disc = DomainClassifier(ft.embed_dim, adv.disc_hidden).to(device) if adv.mode != "none" else None
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=adv.disc_lr) if self.disc else None
         self.disc_steps = Counter()
-        self.columns = ["batch_id", *TEXT_COLUMNS, "hot_own_clicks", "product_id", "feature_row"]
+        self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", "feature_row"]
+        if ft.hot_queries and ft.hot_query_leave_one_out:  # read only where make_batch uses it
+            self.columns.append("hot_own_clicks")
         self.same_category = ft.image_loss_weight > 0 and ft.image_negatives == "same_category"
         if self.same_category:
             self.columns.append("category")
