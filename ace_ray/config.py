@@ -337,6 +337,10 @@ class FinetuneConfig:
     # colour) rather than the category, which the title already says.
     image_negatives: str = _f("batch", choices=("batch", "same_category"))
     gamma: float = _f(20.0, gt=0)  # softmax scale of the cosine similarity (eq. 4)
+    # Subtract this times log(the product's train-day clicks) from its in-batch logits (1 = the sampling-bias
+    # correction, 0 = off): the batch's negatives are other pairs' products, drawn by clicks, so without it
+    # the loss pushes popular products down, while shoppers click them more (losses.bidirectional_softmax_loss).
+    logq_correction: float = _f(0.0, ge=0, le=1)
     mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
     # With data.val_days: Recall@val_k of the validation days' queries, at every checkpoint, over the products
     # they clicked and up to val_products others (0 = the whole catalogue); what sweeps select on.

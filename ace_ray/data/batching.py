@@ -42,8 +42,8 @@ BATCHES_DIR = "finetune_batches"
 DONE = "_done.json"
 # 2: feature rows instead of the features themselves; 3: the plan drawn per pair (batch_plan); 4: each pair's
 # product's hot queries also without the pair's own query (``hot_other_*``); 5: the own query's train-day
-# clicks on the product (``hot_own_clicks``)
-LAYOUT = 5
+# clicks on the product (``hot_own_clicks``); 6: the product's train-day clicks (``product_clicks``)
+LAYOUT = 6
 _NO_FEATURES = -1  # the partition of pairs whose product has no features
 
 
@@ -71,6 +71,9 @@ def _assemble(group: pd.DataFrame, cfg: TextConfig) -> pd.DataFrame:
         "hot_ids": h["input_ids"], "hot_mask": h["attention_mask"],
         "hot_other_ids": o["input_ids"], "hot_other_mask": o["attention_mask"],
         "hot_own_clicks": np.asarray(own, np.int64),
+        # How often the product is a batch's positive, so how often it is the others' in-batch negative
+        # (finetune.logq_correction).
+        "product_clicks": g["product_clicks"].to_numpy(np.int64),
         "feature_row": g["feature_row"].to_numpy(np.int64),
     }  # fmt: skip
     return pd.DataFrame([row])
@@ -132,14 +135,18 @@ def build_finetune_batches(
 
 def _catalogue(root: Path, store: fs.FeatureStore, test_days: int, hot_k: int) -> pd.DataFrame:
     """Per validated product (O(products)): category, title, its row in the feature table (-1: no
-    features) and its hot queries of this split with their clicks."""
+    features), its hot queries of this split with their clicks, and its train-day clicks of this split."""
     products = load_clean_products(root)[["product_id", "category", "title"]]
     rows = for_store(store).ids.rename(columns={"row": "feature_row"})
     hot = read_hot_queries(root, test_days, hot_k)[["product_id", "hot_queries", "hot_clicks"]]
-    out = products.merge(rows, on="product_id", how="left").merge(hot, on="product_id", how="left")
+    clicks = read_train_clicks(root, test_days).groupby("product_id").count().to_pandas()
+    clicks = clicks.rename(columns={"count()": "product_clicks"})
+    out = (products.merge(rows, on="product_id", how="left").merge(hot, on="product_id", how="left")
+           .merge(clicks, on="product_id", how="left"))  # fmt: skip
     as_list = lambda x: list(x) if isinstance(x, list | np.ndarray) else []  # noqa: E731 (no row: none)
     return out.assign(
         feature_row=out["feature_row"].fillna(-1).astype(np.int64),
+        product_clicks=out["product_clicks"].fillna(0).astype(np.int64),
         hot_queries=out["hot_queries"].map(as_list),
         hot_clicks=out["hot_clicks"].map(as_list),
     )

@@ -53,14 +53,26 @@ def adaptive_weights(losses: dict[str, torch.Tensor], shared: torch.Tensor) -> d
 
 
 def bidirectional_softmax_loss(
-    q: torch.Tensor, a: torch.Tensor, gamma: float, false_negatives: torch.Tensor | None = None
+    q: torch.Tensor,
+    a: torch.Tensor,
+    gamma: float,
+    false_negatives: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 4-5: -1/W (sum_i log P(a_i|q_i) + sum_i log P(q_i|a_i)) with P a softmax over gamma * cosine
     with the batch's other pairs as negatives. ``q`` and ``a`` are L2-normalised [W, d]. Entries of
     ``false_negatives`` (True where pair j is a second positive of pair i: see
-    ``objective.false_negative_mask``) are left out of both softmaxes: they are positives, not negatives."""
+    ``objective.false_negative_mask``) are left out of both softmaxes: they are positives, not negatives.
+
+    ``log_q`` [W]: the log of how often each product is sampled into a batch (its clicks), subtracted from
+    its column of logits (the sampling-bias correction of Yi et al., RecSys 2019). In-batch negatives are
+    drawn by clicks, so uncorrected the loss pushes popular products down by log Q: the model learns
+    P(a|q) / Q(a) instead of P(a|q). The correction reaches the query->product softmax only: in the
+    product->query one it is a constant per row."""
     with torch.autocast(q.device.type, enabled=False):  # bf16 logits would blur gamma * cosine by ~0.1
         logits = gamma * (q.float() @ a.float().T)
+    if log_q is not None:
+        logits = logits - log_q.to(logits.device, torch.float32)[None, :]
     if false_negatives is not None:
         logits = logits.masked_fill(false_negatives.to(logits.device), float("-inf"))
     target = torch.arange(len(q), device=logits.device)

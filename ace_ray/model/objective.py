@@ -105,16 +105,18 @@ class Objective:
 
     def encoder_loss(self, q: torch.Tensor, a: torch.Tensor, disc: torch.nn.Module | None,
                      mask: torch.Tensor | None = None, image: torch.Tensor | None = None,
-                     image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+                     image_mask: torch.Tensor | None = None,
+                     log_q: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
         """What one backward pass of an encoder step minimises, and its parts (``main``; with ``image``, the
         products' image vectors alone, also ``image`` = the same matching loss with them in place of ``a``
         and ``image_mask`` (default ``mask``) as its mask, weighted by ``image_weight``; with a game also
-        ``adv`` = L_adv and D's logits ``dq``, ``da``)."""
-        main = bidirectional_softmax_loss(q, a, self.gamma, mask)
+        ``adv`` = L_adv and D's logits ``dq``, ``da``). ``log_q``: the products' log sampling frequencies,
+        subtracted from their logits in both matching losses (``finetune.logq_correction``)."""
+        main = bidirectional_softmax_loss(q, a, self.gamma, mask, log_q)
         parts, match = {"main": main}, main
         if image is not None and self.image_weight:
             image_mask = mask if image_mask is None else image_mask
-            parts["image"] = bidirectional_softmax_loss(q, image, self.gamma, image_mask)
+            parts["image"] = bidirectional_softmax_loss(q, image, self.gamma, image_mask, log_q)
             match = main + self.image_weight * parts["image"]
         if self.mode == "none":
             return match, parts

@@ -141,6 +141,8 @@ class FinetuneTask(loop.Task):
         self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", "feature_row"]
         if ft.hot_queries and ft.hot_query_leave_one_out:  # read only where make_batch uses it
             self.columns.append("hot_own_clicks")
+        if ft.logq_correction:
+            self.columns.append("product_clicks")
         self.same_category = ft.image_loss_weight > 0 and ft.image_negatives == "same_category"
         if self.same_category:
             self.columns.append("category")
@@ -164,10 +166,13 @@ class FinetuneTask(loop.Task):
         image_mask = None
         if self.same_category:  # the photo's negatives: the other products of the positive's category
             image_mask = other_category_mask(list(raw["category"][0])) | (mask if mask is not None else False)
+        log_q = None
+        if weight := self.w.finetune.logq_correction:  # every pair's product has a train-day click: its own
+            log_q = weight * torch.log(torch.from_numpy(np.asarray(raw["product_clicks"][0], np.float32)))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         q, a = self.model(batch)
         towers = checkpoints.unwrap(self.model)
-        loss, parts = self.objective.encoder_loss(q, a, self.disc, mask, towers.image_emb, image_mask)
+        loss, parts = self.objective.encoder_loss(q, a, self.disc, mask, towers.image_emb, image_mask, log_q)
         self.last = (q.detach(), a.detach())
         metrics = {"loss": loss.item(), "main": parts["main"].item(), "inbatch_acc": inbatch_accuracy(q, a, mask),
                    **{k: float(v) for k, v in counts.items()}, **game_stats(q, a, parts.get("dq"), parts.get("da"))}  # fmt: skip

@@ -170,10 +170,13 @@ def test_ray_data_batches_are_the_reference_plans(featurised, tmp_path, partitio
     hot = read_hot_queries(root, 1).set_index("product_id")["hot_queries"].map(list)
     cfg_t, pairs, left_out = TextConfig(), ref.set_index("row"), 0
     clicks = ref.groupby(["product_id", "query"]).size()
-    own_clicks = []
+    own_clicks, product_clicks = [], ref.groupby("product_id").size()
     for f in (tmp_path / "b").glob("*.parquet"):
-        b = _read_columns(str(f), ["pair_id", "hot_ids", "hot_other_ids", "hot_other_mask", "hot_own_clicks"])
+        b = _read_columns(str(f), ["pair_id", "hot_ids", "hot_other_ids", "hot_other_mask", "hot_own_clicks",
+                                   "product_clicks"])  # fmt: skip
         p = pairs.loc[list(b["pair_id"][0])]
+        # How often each pair's product is a positive in the whole plan (the sampling correction's Q).
+        assert list(b["product_clicks"][0]) == list(product_clicks.loc[p["product_id"]])
         want_own = [clicks[(pid, q)] if q in hot.get(pid, []) else 0
                     for pid, q in zip(p["product_id"], p["query"], strict=True)]  # fmt: skip
         assert list(b["hot_own_clicks"][0]) == want_own
@@ -186,6 +189,7 @@ def test_ray_data_batches_are_the_reference_plans(featurised, tmp_path, partitio
             assert np.array_equal(np.stack(b[col][0]), want_ids["input_ids"])
     assert left_out >= 0.9 * len(ref)  # nearly every pair's query is among its product's hot queries
     assert 0 < own_clicks.count(1) < len(own_clicks) and max(own_clicks) > 1  # one-click and repeated ones
+    assert product_clicks.min() == 1 and product_clicks.max() > 1
 
 
 @pytest.mark.ray

@@ -175,3 +175,55 @@ def test_same_category_negatives_leave_the_other_categories_out_of_the_image_los
     assert torch.isfinite(parts["image"])
     _, default = obj.encoder_loss(q, a, None, image=image)
     assert not torch.allclose(parts["image"], default["image"])
+
+
+def test_the_sampling_correction_takes_log_q_from_the_query_to_product_softmax_alone():
+    torch.manual_seed(0)
+    q, a = (F.normalize(torch.randn(5, 3), dim=-1) for _ in range(2))
+    log_q = torch.log(torch.tensor([1.0, 7.0, 2.0, 30.0, 1.0]))
+    got = bidirectional_softmax_loss(q, a, 4.0, None, log_q)
+    cos = q @ a.T
+    want = 0.0
+    for i in range(5):  # a naive reference, one softmax at a time
+        to_products = [4.0 * cos[i, j] - log_q[j] for j in range(5)]
+        want -= to_products[i] - torch.logsumexp(torch.stack(to_products), 0)
+        to_queries = [4.0 * cos[j, i] for j in range(5)]
+        want -= to_queries[i] - torch.logsumexp(torch.stack(to_queries), 0)
+    assert torch.allclose(got, want / 5, atol=1e-5)
+    # Equal frequencies change nothing; the objective passes it to the loss.
+    assert torch.allclose(bidirectional_softmax_loss(q, a, 4.0, None, torch.full((5,), 2.0)),
+                          bidirectional_softmax_loss(q, a, 4.0))  # fmt: skip
+    assert torch.allclose(Objective(gamma=4.0).encoder_loss(q, a, None, log_q=log_q)[0], got)
+
+
+def _popular_product_score(correct: bool) -> float:
+    """Free product vectors trained against fixed queries: every query clicks its own product and, as often,
+    product 0 (a best seller). Returns how far below the query's own product product 0 ends, on average."""
+    torch.manual_seed(0)
+    n = 16
+    queries = F.normalize(torch.randn(n, 8), dim=-1)
+    products = torch.nn.Parameter(torch.randn(n, 8) * 0.1)
+    opt = torch.optim.Adam([products], lr=0.05)
+    clicks = torch.tensor([n - 1] + [1] * (n - 1), dtype=torch.float32)  # product 0: one click per query
+    for step in range(300):
+        own = torch.randperm(n - 1, generator=torch.Generator().manual_seed(step))[:8] + 1
+        # Eight queries, each with a click on its own product and one on the best seller.
+        qi, pi = torch.cat([own, own]), torch.cat([own, torch.zeros(8, dtype=torch.long)])
+        mask, _ = false_negative_mask([int(p) for p in pi], qi[:, None])
+        a = F.normalize(products[pi], dim=-1)
+        loss = bidirectional_softmax_loss(
+            queries[qi], a, 10.0, mask, torch.log(clicks[pi]) if correct else None
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    scores = queries @ F.normalize(products.detach(), dim=-1).T
+    return float((scores[1:, 0] - scores[1:, 1:].diagonal()).mean())
+
+
+def test_without_the_correction_in_batch_negatives_push_the_best_seller_down():
+    # Each query clicks the best seller as often as its own product (P(a|q) equal), but the best seller is in
+    # every batch, a negative for the other queries: uncorrected it ends far below the own product (-0.49),
+    # corrected much less far (-0.33; one vector cannot be as near 15 random queries as their own products).
+    plain, corrected = _popular_product_score(False), _popular_product_score(True)
+    assert plain < -0.4 and corrected > plain + 0.12

@@ -30,7 +30,7 @@ def _args(shop: Path, workspace: Path) -> list[str]:
             "model.size=tiny", "model.layers=2", "finetune.train.lr=0.002", "finetune.train.warmup_steps=3",
             f"finetune.train.max_steps={STEPS}", "finetune.train.checkpoint_every=4", "finetune.train.log_every=4",
             "finetune.adversarial.encoder_steps=2", "finetune.hot_query_dropout=0.3", "finetune.hot_query_leave_out=0.5",
-            "finetune.hot_query_leave_one_out=true",
+            "finetune.hot_query_leave_one_out=true", "finetune.logq_correction=1",
             *SHOP_FEATURES]  # fmt: skip
 
 
