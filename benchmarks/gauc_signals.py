@@ -1,0 +1,97 @@
+"""What orders a test-day query session's clicks: the GAUC (as evaluation computes it) of single signals
+that need no model, on the test days' sessions of an imported catalogue.
+
+    python benchmarks/gauc_signals.py ROOT [ROOT ...] [--test-days 2] [--no-record]
+
+- position: the shop's own ranking, which decided what the shopper looked at (no model can see it);
+- title overlap: the share of the query's words in the title (what a text-only model can read);
+- query among hot queries / its train-day clicks on the product: what the hot-query text says about the pair;
+- product train-day clicks, its click-through rate, its number of distinct clicked queries: popularity;
+- title overlap + click-through rate: the two together.
+
+Simulated shoppers click by the product's true attributes times a latent appeal (``clicklog``), so a
+product's past clicks say how likely it is to be clicked when shown: a model whose in-batch negatives are
+drawn by clicks is pushed the other way unless the loss corrects for it (``finetune.logq_correction``).
+Prints the figures and appends them, with the machine, to benchmarks/results/gauc_signals.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import record  # noqa: E402
+
+from ace_ray.data import lexicon  # noqa: E402
+from ace_ray.data.clicks import clean_clicks, first_test_day  # noqa: E402
+from ace_ray.data.hot_queries import top_queries  # noqa: E402
+from ace_ray.data.validate import load_clean  # noqa: E402
+from ace_ray.eval.metrics import gauc  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gauc_signals.md"
+
+
+def signals(root: Path, test_days: int, hot_k: int = 10) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The test days' impressions of catalogue products and each signal's score per impression."""
+    products, imp = load_clean(root)
+    train = clean_clicks(root, test_days, (products, imp))
+    shown = imp[imp["product_id"].isin(set(products["product_id"]))]
+    day = pd.to_datetime(shown["day"])
+    test = shown[day >= pd.Timestamp(first_test_day(root, test_days))].reset_index(drop=True)
+    shown_train = shown[day < pd.Timestamp(first_test_day(root, test_days))]["product_id"].value_counts()
+    pair_clicks = train.groupby(["product_id", "query"]).size()
+    hot = top_queries(train[["product_id", "query"]], hot_k).explode("hot_queries")
+    hot_pairs = set(zip(hot["product_id"], hot["hot_queries"], strict=True))
+    clicks = train["product_id"].value_counts()
+    distinct = train.groupby("product_id")["query"].nunique()
+    title_words = products["title"].astype(str).map(lambda t: set(lexicon.tokens(t)))
+    titles = dict(zip(products["product_id"], title_words, strict=True))
+    pids, queries = test["product_id"].to_numpy(), test["query"].to_numpy()
+    words = [lexicon.tokens(q) for q in queries]
+    overlap = np.array([len(set(w) & titles[p]) / max(1, len(w)) for p, w in zip(pids, words, strict=True)])
+    n_clicks = test["product_id"].map(clicks).fillna(0).to_numpy(float)
+    ctr = n_clicks / (test["product_id"].map(shown_train).fillna(0).to_numpy(float) + 1)
+    return test, {
+        "position (the shop's ranking)": -test["position"].to_numpy(float),
+        "title overlap": overlap,
+        "query among the product's hot queries": np.array([(p, q) in hot_pairs for p, q in zip(pids, queries, strict=True)], float),
+        "the query's train-day clicks on the product": np.array([pair_clicks.get((p, q), 0) for p, q in zip(pids, queries, strict=True)], float),
+        "product's train-day clicks": n_clicks,
+        "product's click-through rate": ctr,
+        "product's distinct clicked queries": test["product_id"].map(distinct).fillna(0).to_numpy(float),
+        "title overlap + click-through rate": overlap + ctr,
+    }  # fmt: skip
+
+
+def rows_for(root: Path, test_days: int) -> list[list]:
+    test, scores = signals(root, test_days)
+    y, sessions = test["clicked"].astype(int).to_numpy(), test["session_id"].astype(str).to_numpy()
+    out = []
+    for name, s in scores.items():
+        g = gauc(sessions, y, s)
+        print(f"{root.name}: {name}: GAUC {g['gauc']:.3f} ({g['sessions']} sessions)")
+        out.append([root.name, name, f"{g['gauc']:.3f}", g["sessions"]])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("roots", nargs="+", type=Path, help="imported catalogue directories")
+    ap.add_argument("--test-days", type=int, default=2)
+    ap.add_argument("--no-record", action="store_true", help="print only")
+    args = ap.parse_args()
+    rows = [row for root in args.roots for row in rows_for(root.resolve(), args.test_days)]
+    if not args.no_record:
+        record(str(RESULTS), "GAUC of single signals on the test days' sessions (no model)",
+               ["import", "signal", "GAUC", "sessions"], rows,
+               "python benchmarks/gauc_signals.py " + " ".join(sys.argv[1:]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
