@@ -97,9 +97,9 @@ def build_finetune_batches(
     The join is done once; every epoch then reads the written batches (see ``ace_ray.data.plan``).
     """
     root = Path(root).resolve()
-    catalogue = _catalogue(root, store, test_days, text_cfg.hot_k)
     # Each shuffle partition costs seconds of scheduling: one per 200k impressions (1 for a small shop).
     parts = shuffle_partitions or max(1, min(64, impression_rows(root) // 200_000))
+    catalogue = _catalogue(root, store, test_days, text_cfg.hot_k, parts)
     # Materialised once: the counts below read it, then the numbering does.
     featured = (
         read_train_clicks(root, test_days)
@@ -133,13 +133,16 @@ def build_finetune_batches(
     return {"pairs": total, "pairs_with_features": n, "batches": -(-n // size)}
 
 
-def _catalogue(root: Path, store: fs.FeatureStore, test_days: int, hot_k: int) -> pd.DataFrame:
+def _catalogue(root: Path, store: fs.FeatureStore, test_days: int, hot_k: int, parts: int) -> pd.DataFrame:
     """Per validated product (O(products)): category, title, its row in the feature table (-1: no
-    features), its hot queries of this split with their clicks, and its train-day clicks of this split."""
+    features), its hot queries of this split with their clicks, and its train-day clicks of this split
+    (counted in ``parts`` shuffle partitions)."""
     products = load_clean_products(root)[["product_id", "category", "title"]]
     rows = for_store(store).ids.rename(columns={"row": "feature_row"})
     hot = read_hot_queries(root, test_days, hot_k)[["product_id", "hot_queries", "hot_clicks"]]
-    clicks = read_train_clicks(root, test_days).groupby("product_id").count().to_pandas()
+    clicks = (
+        read_train_clicks(root, test_days).groupby("product_id", num_partitions=parts).count().to_pandas()
+    )
     clicks = clicks.rename(columns={"count()": "product_clicks"})
     out = (products.merge(rows, on="product_id", how="left").merge(hot, on="product_id", how="left")
            .merge(clicks, on="product_id", how="left"))  # fmt: skip
