@@ -30,7 +30,7 @@ from machine import record  # noqa: E402
 
 from ace_ray.data import lexicon  # noqa: E402
 from ace_ray.data.clicks import clean_clicks, first_test_day  # noqa: E402
-from ace_ray.data.hot_queries import top_queries  # noqa: E402
+from ace_ray.data.hot_queries import read_hot_queries  # noqa: E402
 from ace_ray.data.validate import load_clean  # noqa: E402
 from ace_ray.eval.metrics import gauc  # noqa: E402
 
@@ -42,11 +42,12 @@ def signals(root: Path, test_days: int, hot_k: int = 10) -> tuple[pd.DataFrame, 
     products, imp = load_clean(root)
     train = clean_clicks(root, test_days, (products, imp))
     shown = imp[imp["product_id"].isin(set(products["product_id"]))]
-    day = pd.to_datetime(shown["day"])
-    test = shown[day >= pd.Timestamp(first_test_day(root, test_days))].reset_index(drop=True)
-    shown_train = shown[day < pd.Timestamp(first_test_day(root, test_days))]["product_id"].value_counts()
+    in_test = pd.to_datetime(shown["day"]) >= pd.Timestamp(first_test_day(root, test_days))
+    test = shown[in_test].reset_index(drop=True)
+    shown_train = shown[~in_test]["product_id"].value_counts()
     pair_clicks = train.groupby(["product_id", "query"]).size()
-    hot = top_queries(train[["product_id", "query"]], hot_k).explode("hot_queries")
+    # The stored table training and evaluation read, not a recount.
+    hot = read_hot_queries(root, test_days, hot_k).explode("hot_queries")
     hot_pairs = set(zip(hot["product_id"], hot["hot_queries"], strict=True))
     clicks = train["product_id"].value_counts()
     distinct = train.groupby("product_id")["query"].nunique()
