@@ -133,8 +133,8 @@ class TwoTower(nn.Module):
         text_part = self.proj(self._pool(seq[:, :text], mask[:, :text]))
         image_part = self.image_proj(seq[:, text:].mean(1))
         with torch.no_grad():  # how much of the photo the product tower has let in so far (logged)
-            self.image_share = float(
-                (image_part.norm(dim=-1) / text_part.norm(dim=-1).clamp(min=1e-12)).mean()
+            self.image_share = (
+                (image_part.norm(dim=-1) / text_part.norm(dim=-1).clamp(min=1e-12)).mean().item()
             )
         self.image_emb = F.normalize(image_part.float(), dim=-1)
         return F.normalize((text_part + image_part + hot_part).float(), dim=-1)

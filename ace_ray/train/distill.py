@@ -77,7 +77,7 @@ def distill(model_dir: str | Path, root: str | Path, test_days: int, cfg: Distil
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += loss.item() * len(b)
         losses.append(total / len(queries))
         print(
             f"[distill] epoch {epoch + 1}/{cfg.epochs}: cosine distance to the teacher {losses[-1]:.4f}",

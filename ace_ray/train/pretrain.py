@@ -142,7 +142,7 @@ class PretrainTask(loop.Task):
         out = self.model(batch)
         loss, self.weights = weighted_loss(out, self.w, step)
         acc = float(((out["tip_logits"] > 0).float() == batch["label"]).float().mean())
-        metrics = {"loss": float(loss), **{k: float(out[k]) for k in LOSSES if k in out}, "tip_acc": acc}
+        metrics = {"loss": loss.item(), **{k: out[k].item() for k in LOSSES if k in out}, "tip_acc": acc}
         return loss, metrics, len(batch["label"])
 
     def after_step(self, step):
