@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ace_ray import tracking
-from ace_ray.config import Workload, load_workload
+from ace_ray.config import load_workload
 from ace_ray.data import feature_store as fs
 from ace_ray.eval.embed import TowerRetriever
 from ace_ray.model.presets import PRESETS
@@ -27,8 +27,9 @@ def method_name(config: list[str]) -> str:
 
 def report_models(
     report: Path, seeds: set[int] | None = None
-) -> Iterator[tuple[str, int, Workload, TowerRetriever]]:
-    """(method, seed, the run's workload, its model as a retriever) for each fine-tuned model of ``report``
+) -> Iterator[tuple[str, int, dict, TowerRetriever]]:
+    """(method, seed, the run's line in ``runs.jsonl`` (its overrides, MLflow run id and the metrics its
+    evaluation recorded), its model as a retriever) for each fine-tuned model of ``report``
     (those of ``seeds`` only, if given; a report still in progress gives its finished runs); each model is
     downloaded from the report's MLflow store to a temporary directory that lives until the next one."""
     runs = [json.loads(line) for line in (report / "runs.jsonl").read_text().splitlines()]
@@ -43,4 +44,4 @@ def report_models(
             model = TowerRetriever(
                 model_dir, fs.for_workload(w), w.path(w.data.root), w.eval, w.data.test_days
             )
-            yield methods.get(run["run_id"], method_name(run["config"])), run["seed"], w, model
+            yield methods.get(run["run_id"], method_name(run["config"])), run["seed"], run, model
