@@ -51,10 +51,10 @@ def curve(q: np.ndarray, p: np.ndarray, data: EvalData, boosts=BOOSTS) -> pd.Dat
     pairs = np.einsum(
         "ij,ij->i", q[q_of[sessions["query"]].to_numpy()], p[sessions["product_idx"].to_numpy()]
     )
+    scores = q @ p.T
     rows = []
     for b in boosts:
-        scores = q @ p.T + b * data.cold[None, :]
-        _, top = topk_rows(scores, K)
+        _, top = topk_rows(scores + b * data.cold[None, :], K)
         rows.append({
             "boost": float(b),
             f"recall@{K}": float(per_query(top, data.targets, [K])[f"recall@{K}"].mean()),
