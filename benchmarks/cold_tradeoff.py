@@ -3,8 +3,8 @@ clicks) competes with warm ones whose scores may carry their popularity (the sam
 ``finetune.logq_correction``, teaches that on purpose), so one figure mixes how well the tower reads a new
 product with how far it ranks new products below known ones. Adding a constant b to every cold product's
 score moves along that trade-off; this traces it for each fine-tuned model of ``ace-ray reproduce`` reports
-(b from 0 up: Recall@100, cold Recall@100, GAUC, each as ``ace-ray evaluate`` measures it) and compares the
-methods at equal overall Recall@100, where the trade-off no longer decides.
+(b from 0 up: Recall@100, cold Recall@100, GAUC and cold GAUC, each as ``ace-ray evaluate`` measures it) and
+compares the methods at equal overall Recall@100, where the trade-off no longer decides.
 
     python benchmarks/cold_tradeoff.py REPORT_DIR [REPORT_DIR ...] [--seeds 0 1 2] [--no-record]
 
@@ -34,7 +34,7 @@ from ace_ray.data import feature_store as fs  # noqa: E402
 from ace_ray.eval import report as plots  # noqa: E402
 from ace_ray.eval.baselines import topk_rows  # noqa: E402
 from ace_ray.eval.data import EvalData, load_eval_data  # noqa: E402
-from ace_ray.eval.metrics import gauc, per_query  # noqa: E402
+from ace_ray.eval.metrics import cold_gauc, gauc, per_query  # noqa: E402
 from ace_ray.runtime import ensure_ray  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cold_tradeoff.md"
@@ -52,6 +52,8 @@ def curve(q: np.ndarray, p: np.ndarray, data: EvalData, boosts=BOOSTS) -> pd.Dat
         "ij,ij->i", q[q_of[sessions["query"]].to_numpy()], p[sessions["product_idx"].to_numpy()]
     )
     scores = q @ p.T
+    sid, clicked = sessions["session_id"].to_numpy(), sessions["clicked"].to_numpy()
+    cold_s = data.cold[sessions["product_idx"].to_numpy()]
     rows = []
     for b in boosts:
         _, top = topk_rows(scores + b * data.cold[None, :], K)
@@ -59,8 +61,8 @@ def curve(q: np.ndarray, p: np.ndarray, data: EvalData, boosts=BOOSTS) -> pd.Dat
             "boost": float(b),
             f"recall@{K}": float(per_query(top, data.targets, [K])[f"recall@{K}"].mean()),
             f"cold_recall@{K}": float(per_query(top[cold_q], cold_t, [K])[f"recall@{K}"].mean()),
-            "gauc": gauc(sessions["session_id"].to_numpy(), sessions["clicked"].to_numpy(),
-                         pairs + b * data.cold[sessions["product_idx"].to_numpy()])["gauc"],
+            "gauc": gauc(sid, clicked, pairs + b * cold_s)["gauc"],
+            "cold_gauc": cold_gauc(sid, clicked, pairs + b * cold_s, cold_s)["cold_gauc"],
         })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -105,21 +107,22 @@ def main() -> None:
             c = curve(model.embed_queries(data.queries), model.product_embeddings, data)
             # b = 0 is the evaluation itself, up to rank flips between scores equal in float32 (an embedding
             # batched otherwise differs in the last bits): one flip moves a recall by 1/1,101 queries.
-            for key in (f"recall@{K}", f"cold_recall@{K}", "gauc"):
-                if abs(c[key].iloc[0] - run["metrics"][key]) > 2e-3:
+            for key in (f"recall@{K}", f"cold_recall@{K}", "gauc", "cold_gauc"):
+                if key in run["metrics"] and abs(c[key].iloc[0] - run["metrics"][key]) > 2e-3:
                     raise SystemExit(f"{rep}: {method} seed {seed}: {key} {c[key].iloc[0]:.5f} here, "
                                      f"{run['metrics'][key]:.5f} recorded")  # fmt: skip
             name = f"{base.path(base.data.root).name}: {method}"
             curves[name].append(c)
             first = c.iloc[0]
             print(f"[cold_tradeoff] {name} seed {seed}: b=0 Recall@{K} {first[f'recall@{K}']:.4f} cold "
-                  f"{first[f'cold_recall@{K}']:.4f} GAUC {first['gauc']:.4f}", flush=True)  # fmt: skip
+                  f"{first[f'cold_recall@{K}']:.4f} GAUC {first['gauc']:.4f} cold GAUC {first['cold_gauc']:.4f}",
+                  flush=True)  # fmt: skip
     means = {name: pd.concat(cs).groupby("boost").mean().reset_index() for name, cs in curves.items()}
     top = min(c[f"recall@{K}"].max() for c in means.values())  # the best overall recall every method reaches
     levels = [float(np.floor(top * 100) - i) / 100 for i in range(5)]
     equal = [[name, *(at_level(c, curves[name], lv) for lv in levels)] for name, c in means.items()]
     rows = [[name, len(curves[name]), f"{r['boost']:.2f}", f"{r[f'recall@{K}']:.3f}", f"{r[f'cold_recall@{K}']:.3f}",
-             f"{r['gauc']:.3f}"] for name, c in means.items() for r in c.to_dict("records")]  # fmt: skip
+             f"{r['gauc']:.3f}", f"{r['cold_gauc']:.3f}"] for name, c in means.items() for r in c.to_dict("records")]  # fmt: skip
     for row in rows:
         print("[cold_tradeoff]", " | ".join(map(str, row)))
     print("[cold_tradeoff] cold Recall@100 at overall Recall@100", levels)
@@ -131,7 +134,7 @@ def main() -> None:
     if not args.no_record:
         command = "python benchmarks/cold_tradeoff.py " + " ".join(sys.argv[1:])
         record(str(RESULTS), f"overall and cold-product Recall@{K} as cold products' scores are raised by b",
-               ["import: row", "seeds", "b", f"Recall@{K}", f"cold Recall@{K}", "GAUC"], rows, command)  # fmt: skip
+               ["import: row", "seeds", "b", f"Recall@{K}", f"cold Recall@{K}", "GAUC", "cold GAUC"], rows, command)  # fmt: skip
         record(str(RESULTS), f"cold-product Recall@{K} at equal overall Recall@{K}: along each mean curve "
                "(mean ± std of each seed's own curve)",
                ["import: row", *(f"at {lv:.2f}" for lv in levels)], equal, command)  # fmt: skip

@@ -21,7 +21,7 @@ from ace_ray.eval import report
 from ace_ray.eval.baselines import Retriever, make_baselines, topk_rows
 from ace_ray.eval.data import EvalData, load_eval_data
 from ace_ray.eval.embed import TowerRetriever
-from ace_ray.eval.metrics import gauc, per_query
+from ace_ray.eval.metrics import cold_gauc, gauc, per_query
 
 SUMMARY = ["gauc", "recall@10", "recall@50", "recall@100", "mrr", "ndcg@10"]
 
@@ -36,17 +36,16 @@ def evaluate_method(method: Retriever, data: EvalData, ks: list[int], fit: bool 
     _, retrieved = method.search(data.queries, max(ks))
     rows = per_query(retrieved, data.targets, ks)
     s = data.sessions
-    g = gauc(
-        s["session_id"].to_numpy(),
-        s["clicked"].to_numpy(),
-        method.score(s["query"].tolist(), s["product_idx"].to_numpy()),
-    )
+    impressions = (s["session_id"].to_numpy(), s["clicked"].to_numpy(),
+                   method.score(s["query"].tolist(), s["product_idx"].to_numpy()))  # fmt: skip
+    g = gauc(*impressions)
+    cold_g = cold_gauc(*impressions, data.cold[s["product_idx"].to_numpy()])
     cold_q, cold_t = data.cold_targets()
     cold = per_query(retrieved[cold_q], cold_t, ks).mean() if len(cold_q) else pd.Series(dtype=float)
     among_cold = _among_cold(method, data, cold_q, cold_t, ks)
     out = {"gauc": g["gauc"], **{k: float(v) for k, v in rows.mean().items()}, "mrr": float(rows["rr"].mean()),
            "gauc_sessions": g["sessions"], "gauc_skipped_sessions": g["skipped_sessions"], "fit_s": fit_s,
-           **{f"cold_{k}": float(v) for k, v in cold.items() if k.startswith("recall")},
+           **cold_g, **{f"cold_{k}": float(v) for k, v in cold.items() if k.startswith("recall")},
            **{f"cold_among_cold_{k}": float(v) for k, v in among_cold.items() if k.startswith("recall")}}  # fmt: skip
     out.pop("rr", None)
     return {"metrics": out, "per_query": rows, "retrieved": retrieved}

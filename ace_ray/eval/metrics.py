@@ -58,6 +58,24 @@ def gauc(session_ids, labels, scores) -> dict:
     }
 
 
+def cold_gauc(session_ids, labels, scores, cold) -> dict:
+    """GAUC of the clicks on cold products (``cold``: bool per impression, the product had no train-day
+    clicks). ``cold_gauc``: within each session, every clicked cold product against all of the session's
+    unclicked impressions, so it also says where new products sit against known ones (what the cold Recall@K
+    mixes too); ``cold_among_cold_gauc``: against the unclicked cold impressions only. Sessions without a
+    clicked cold product (or, for the second, an unclicked one) are skipped; NaN when none is left."""
+    y = np.asarray(labels)
+    c = np.asarray(cold)
+    if c.dtype != bool or c.shape != y.shape:
+        raise ValueError(f"cold must be a bool array shaped like labels {y.shape}, got {c.dtype} {c.shape}")
+    s, x = np.asarray(session_ids), np.asarray(scores)
+    whole = (y == 0) | c  # warm clicks are not what this measures, so they leave the sessions
+    return {
+        "cold_gauc": gauc(s[whole], y[whole], x[whole])["gauc"],
+        "cold_among_cold_gauc": gauc(s[c], y[c], x[c])["gauc"],
+    }
+
+
 def _hits(retrieved, targets: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """Relevance matrix [n_queries, K] (True where the ranked product is a target, counting each product
     once) and the number of distinct targets per query."""

@@ -90,11 +90,15 @@ def summarise_seeds(results: pd.DataFrame, group: list[str], metrics: list[str])
     counts = grouped[metrics].count()
     # With one value there is no spread to estimate; report 0 rather than NaN.
     stds = stds.mask(counts == 1, 0.0)
+    # A metric some of a group's rows lack (runs recorded before it was measured, read back by --resume)
+    # has no mean over the group: NaN, not a mean over fewer seeds than ``n`` says.
+    size = grouped.size()
+    means, stds = (f.mask(counts.lt(size, axis=0)) for f in (means, stds))
     out = pd.DataFrame(index=means.index)
     for m in metrics:
         out[f"{m}_mean"] = means[m]
         out[f"{m}_std"] = stds[m]
-    out["n"] = grouped.size().astype(int)
+    out["n"] = size.astype(int)
     out = out.reset_index()
     return out.drop(columns="_all") if not group else out
 

@@ -104,8 +104,10 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     results = pd.DataFrame(rows)
     results.to_csv(out / "results.csv", index=False)
     # Cold products (no train-day clicks, so no hot queries): where only title and photo can help; ranked
-    # against the whole catalogue, and against the other cold products alone.
-    metrics = [m for m in [*SUMMARY, "cold_recall@100", "cold_among_cold_recall@100"] if m in results]
+    # against the whole catalogue, against the other cold products alone, and their clicks' GAUC.
+    metrics = [
+        m for m in [*SUMMARY, "cold_recall@100", "cold_among_cold_recall@100", "cold_gauc"] if m in results
+    ]
     summary = report.summarise_seeds(results, ["method"], metrics)
     sections = [("How this was made", _how(base, baseline["_counts"], time.perf_counter() - t0, command))]
     for title, table_rows in cfg.tables.items():

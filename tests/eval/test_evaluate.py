@@ -14,6 +14,7 @@ from ace_ray.data.hot_queries import read_hot_queries
 from ace_ray.eval.data import load_eval_data
 from ace_ray.eval.embed import TowerRetriever, product_inputs
 from ace_ray.eval.evaluate import run_evaluation, summary_table
+from ace_ray.eval.metrics import cold_gauc
 from tests.conftest import SHOP_FEATURES, random_towers
 
 pytestmark = pytest.mark.ray
@@ -75,6 +76,17 @@ def test_metrics_equal_a_naive_recomputation_and_the_report_is_written(setup, tm
     assert res["acebert"]["cold_among_cold_recall@10"] == pytest.approx(naive, abs=1e-6)
     for m in ("acebert", "bm25", "random"):
         assert res[m]["cold_among_cold_recall@10"] >= res[m]["cold_recall@10"]
+    # The GAUC of the clicks on cold products, from the embeddings: the wiring of impressions to products.
+    s = data.sessions
+    qs = list(dict.fromkeys(s["query"]))
+    qe = dict(zip(qs, model.embed_queries(qs), strict=True))
+    scores = np.einsum(
+        "ij,ij->i", np.stack([qe[x] for x in s["query"]]), model.product_embeddings[s["product_idx"]]
+    )
+    want = cold_gauc(s["session_id"], s["clicked"], scores, data.cold[s["product_idx"].to_numpy()])
+    assert 0 < want["cold_gauc"] < 1 and 0 < want["cold_among_cold_gauc"] < 1
+    assert res["acebert"]["cold_gauc"] == pytest.approx(want["cold_gauc"], abs=1e-4)
+    assert res["acebert"]["cold_among_cold_gauc"] == pytest.approx(want["cold_among_cold_gauc"], abs=1e-4)
     # The ANN index is compared with exact search; on a few hundred products HNSW finds nearly everything.
     assert res["acebert"]["ann_overlap_with_exact"] > 0.9 and res["acebert"]["ann_recall@100"] > 0
     assert res["bm25"]["recall@100"] > res["random"]["recall@100"] + 0.2
@@ -82,6 +94,7 @@ def test_metrics_equal_a_naive_recomputation_and_the_report_is_written(setup, tm
     text = (tmp_path / "eval" / "report.md").read_text()
     for heading in ("Retrieval (exact search)", "ANN index", "Cold products", "query band", "query category"):
         assert heading in text
+    assert "| cold_gauc |" in text and "| cold_among_cold_gauc |" in text
     assert (tmp_path / "eval" / "embedding_map.png").stat().st_size > 10_000
     header = summary_table(res).splitlines()[0]  # what `ace-ray evaluate` and the quickstart print
     assert "| recall@100 |" in header and "| cold_recall@100 |" in header and "| ann_recall@100 |" in header

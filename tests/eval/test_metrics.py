@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ace_ray.eval.metrics import frequency_band, gauc, mrr, ndcg_at_k, per_query, recall_at_k
+from ace_ray.eval.metrics import cold_gauc, frequency_band, gauc, mrr, ndcg_at_k, per_query, recall_at_k
 
 SEEDS = range(6)
 
@@ -122,6 +122,56 @@ def test_gauc_rejects_bad_input():
         gauc([1, 1], [0, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="NaN or inf at index 1"):
         gauc([1, 1], [0, 1], [0.1, np.nan])
+
+
+def naive_cold_gauc(sessions, labels, scores, cold, among_cold: bool) -> float:
+    """Each session's clicked cold impressions against its unclicked ones (cold only if ``among_cold``),
+    pair by pair, weighted by how many impressions take part."""
+    total = weight = 0.0
+    for sid in set(sessions):
+        rows = [(y, x, c) for s, y, x, c in zip(sessions, labels, scores, cold, strict=True) if s == sid]
+        pos = [x for y, x, c in rows if y == 1 and c]
+        neg = [x for y, x, c in rows if y == 0 and (c or not among_cold)]
+        if pos and neg:
+            wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+            total += (len(pos) + len(neg)) * wins / (len(pos) * len(neg))
+            weight += len(pos) + len(neg)
+    return total / weight if weight else float("nan")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cold_gauc_matches_pairwise_reference_and_ignores_warm_clicks(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    sessions = rng.integers(0, 50, size=n)
+    labels = (rng.random(n) < 0.3).astype(int)
+    cold = rng.random(n) < 0.3
+    scores = rng.integers(0, 5, size=n) / 4
+    got = cold_gauc(sessions, labels, scores, cold)
+    assert got["cold_gauc"] == pytest.approx(
+        naive_cold_gauc(sessions, labels, scores, cold, False), abs=1e-12
+    )
+    assert got["cold_among_cold_gauc"] == pytest.approx(
+        naive_cold_gauc(sessions, labels, scores, cold, True), abs=1e-12
+    )
+    # Raising every cold product's score helps it against the warm impressions, not among the cold ones;
+    # warm clicks take no part in either.
+    boosted = cold_gauc(sessions, labels, scores + 10.0 * cold, cold)
+    assert boosted["cold_gauc"] > got["cold_gauc"]
+    assert boosted["cold_among_cold_gauc"] == pytest.approx(got["cold_among_cold_gauc"], abs=1e-12)
+    warm_click = (labels == 1) & ~cold
+    assert cold_gauc(sessions, labels, np.where(warm_click, -99.0, scores), cold) == pytest.approx(got)
+
+
+def test_cold_gauc_hand_computed_and_rejects_bad_input():
+    # s1: the cold click beats one unclicked warm and loses to one unclicked cold; s2 has no cold click.
+    out = cold_gauc(
+        [1, 1, 1, 2, 2], [1, 0, 0, 1, 0], [0.5, 0.2, 0.9, 0.9, 0.1], np.array([1, 0, 1, 0, 1], bool)
+    )
+    assert out == {"cold_gauc": pytest.approx(0.5), "cold_among_cold_gauc": pytest.approx(0.0)}
+    assert math.isnan(cold_gauc([1, 1], [1, 0], [0.3, 0.2], np.array([False, False]))["cold_gauc"])
+    with pytest.raises(ValueError, match="cold must be a bool array"):
+        cold_gauc([1, 1], [1, 0], [0.3, 0.2], np.array([1, 0]))
 
 
 # ------------------------------------------------------------------------------------- ranking metrics

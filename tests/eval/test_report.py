@@ -82,6 +82,15 @@ def test_summarise_seeds_matches_numpy(seeds):
     assert single["recall_mean"] == pytest.approx(0.3)
 
 
+def test_a_metric_missing_from_some_seeds_has_no_mean(seeds):
+    # Runs recorded before a metric existed, resumed beside new ones: no mean over fewer seeds than n.
+    frame = seeds.assign(new=[np.nan, 0.2, 0.4, 0.1, 0.3, np.nan])
+    out = summarise_seeds(frame, ["method"], ["new"]).set_index("method")
+    assert np.isnan(out.loc["ace", "new_mean"]) and np.isnan(out.loc["bm25", "new_mean"])
+    assert out.loc["no-adv", "new_mean"] == pytest.approx(0.2) and out.loc["ace", "n"] == 3
+    assert seed_table(out.reset_index(), ["method"], ["new"]).splitlines()[2] == "| ace | – | 3 |"
+
+
 def test_summarise_seeds_several_group_keys_and_no_group(seeds):
     frame = seeds.assign(split="test")
     out = summarise_seeds(frame, ["method", "split"], ["recall"])

@@ -45,6 +45,7 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     assert "## Table 4" in text and "Fig. 6" in text and "Fig. 7" in text
     assert "| cold_recall@100 |" in text  # the cold products' column: where only title and photo can help
     assert "| cold_among_cold_recall@100 |" in text  # and ranked among the cold products alone
+    assert "| cold_gauc |" in text  # and their clicks against the session's other impressions
     assert (out / "fig6_matching_loss.png").stat().st_size > 10_000
     assert len(list(out.glob("fig7_embedding_map_*.png"))) == 2
     first = pd.read_csv(out / "results.csv")
