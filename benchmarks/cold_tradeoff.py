@@ -86,6 +86,8 @@ def at_level(mean: pd.DataFrame, seeds: list[pd.DataFrame], overall: float) -> s
     if len(reached) > 1:
         cell += f" ({reached.mean():.3f} ± {reached.std(ddof=1):.3f}"
         cell += ")" if len(reached) == len(seeds) else f", n={len(reached)})"
+    elif len(reached) == 1 and len(seeds) > 1:
+        cell += f" ({reached[0]:.3f}, n=1)"
     return cell
 
 
