@@ -80,14 +80,17 @@ def random_rankings(seed: int, n_queries: int = 40, K: int = 20, n_products: int
 # ------------------------------------------------------------------------------------------------- GAUC
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_gauc_matches_pairwise_reference(seed):
-    rng = np.random.default_rng(seed)
-    n = 400
+def random_impressions(rng, n: int = 400):
+    """Sessions, click labels and coarse scores (many ties) of ``n`` random impressions."""
     sessions = rng.integers(0, 50, size=n)
     labels = (rng.random(n) < 0.3).astype(int)
+    return sessions, labels, rng.integers(0, 5, size=n) / 4
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gauc_matches_pairwise_reference(seed):
+    sessions, labels, scores = random_impressions(np.random.default_rng(seed))
     labels[sessions % 7 == 0] = 0  # some one-class sessions
-    scores = rng.integers(0, 5, size=n) / 4  # coarse scores: many ties
     got = gauc(sessions, labels, scores)
     want = naive_gauc(sessions, labels, scores)
     assert got["sessions"] == want["sessions"] and got["skipped_sessions"] == want["skipped_sessions"]
@@ -142,11 +145,8 @@ def naive_cold_gauc(sessions, labels, scores, cold, among_cold: bool) -> float:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_cold_gauc_matches_pairwise_reference_and_ignores_warm_clicks(seed):
     rng = np.random.default_rng(seed)
-    n = 400
-    sessions = rng.integers(0, 50, size=n)
-    labels = (rng.random(n) < 0.3).astype(int)
-    cold = rng.random(n) < 0.3
-    scores = rng.integers(0, 5, size=n) / 4
+    sessions, labels, scores = random_impressions(rng)
+    cold = rng.random(len(labels)) < 0.3
     got = cold_gauc(sessions, labels, scores, cold)
     assert got["cold_gauc"] == pytest.approx(
         naive_cold_gauc(sessions, labels, scores, cold, False), abs=1e-12
