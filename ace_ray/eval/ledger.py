@@ -29,6 +29,7 @@ class Ledger:
         self.path = out / "runs.jsonl"
         self.pretrained: dict[tuple, str] = {}
         self.runs: dict[tuple, dict] = {}
+        self.trained: dict[tuple, dict] = {}  # fine-tuned but not yet evaluated: {"run_id", "model_dir"}
         saved = out / "workload.yaml"
         if resume:
             if not saved.is_file():
@@ -75,6 +76,16 @@ class Ledger:
                     "eval_dir": Path(entry["eval_dir"]),
                 }
                 self.runs[(tuple(entry["config"]), entry["seed"])] = run
+            elif entry.get("kind") == "trained":
+                if Path(entry["model_dir"]).is_dir():
+                    self.trained[(tuple(entry["config"]), entry["seed"])] = {
+                        "run_id": entry["run_id"],
+                        "model_dir": entry["model_dir"],
+                    }
+                else:
+                    print(
+                        f"[reproduce] {self.path}:{n}: {entry['model_dir']} is gone; that fine-tuning is redone"
+                    )
             else:
                 raise ConfigError(f"{self.path}:{n}: unknown entry kind {entry.get('kind')!r}")
 
@@ -85,6 +96,14 @@ class Ledger:
     def add_pretrain(self, key: tuple, model_dir: str) -> None:
         self.pretrained[key] = model_dir
         self._append({"kind": "pretrain", "key": list(key), "model_dir": str(model_dir)})
+
+    def add_trained(self, key: tuple, run_id: str, model_dir: str) -> dict:
+        """A finished fine-tuning, recorded before its evaluation: a run that dies evaluating is resumed by
+        evaluating that model, not by training it again."""
+        self.trained[key] = {"run_id": run_id, "model_dir": str(model_dir)}
+        config, seed = key
+        self._append({"kind": "trained", "config": list(config), "seed": seed, **self.trained[key]})
+        return self.trained[key]
 
     def add_run(self, key: tuple, run: dict) -> None:
         self.runs[key] = run

@@ -78,17 +78,26 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
             key = (configs[preset], seed)
             if key not in runs:
                 ws = with_overrides(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
-                if w.finetune.preset != "twinbert":
-                    pkey = tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
-                    if pkey not in pretrained:
-                        print(f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}")
-                        ledger.add_pretrain(pkey, run_pretrain(w)["model_dir"])
-                    ws = with_overrides(ws, [f"finetune.init_from={pretrained[pkey]}"])
-                print(
-                    f"\n[reproduce] {preset} seed {seed} ({time.perf_counter() - t0:.0f} s so far)",
-                    flush=True,
-                )
-                res = run_finetune(ws)
+                res = ledger.trained.get(key)
+                if res is None:
+                    if w.finetune.preset != "twinbert":
+                        pkey = tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
+                        if pkey not in pretrained:
+                            print(
+                                f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}"
+                            )
+                            ledger.add_pretrain(pkey, run_pretrain(w)["model_dir"])
+                        ws = with_overrides(ws, [f"finetune.init_from={pretrained[pkey]}"])
+                    print(
+                        f"\n[reproduce] {preset} seed {seed} ({time.perf_counter() - t0:.0f} s so far)",
+                        flush=True,
+                    )
+                    ft = run_finetune(ws)
+                    res = ledger.add_trained(key, ft["run_id"], ft["model_dir"])
+                else:
+                    print(
+                        f"\n[reproduce] {preset} seed {seed}: fine-tuned in run {res['run_id']}; evaluating it"
+                    )
                 eval_dir = out / f"{_SLUG.sub('_', preset)}-seed{seed}"
                 ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), store, ws.data.test_days,
                                     dataclasses.replace(ws.eval, baselines=[]), eval_dir, name=preset)[preset]  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 
 from ace_ray import tracking
 from ace_ray.config import ConfigError, with_overrides
+from ace_ray.eval import reproduce as reproduce_module
 from ace_ray.eval.ledger import Ledger
 from ace_ray.eval.reproduce import reproduce, row_overrides
 from ace_ray.model.presets import preset_overrides
@@ -34,7 +35,8 @@ def _stages(w) -> list[str]:
     return [r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])]
 
 
-def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(featurised_shop, tmp_path):
+def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(featurised_shop, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
     w = _workload(featurised_shop, tmp_path, 'reproduce.tables={"Table 4": [hot_query, adversarial]}')
     report = reproduce(w, command="ace-ray reproduce --workload w.yaml 'reproduce.tables=...'")
     out = report.parent
@@ -58,6 +60,18 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     widened = _workload(featurised_shop, tmp_path, f"reproduce.resume={out}",
                         'reproduce.tables={"Table 4": [hot_query, adversarial], '
                         f'"Levers": [{additive}]}}')  # fmt: skip
+    # The new row's evaluation dies (as a Ray Data worker did on a busy machine) after it trained: the
+    # resume evaluates that model instead of training it again.
+    real = reproduce_module.run_evaluation
+
+    def dies_once(*args, **kwargs):
+        monkeypatch.setattr(reproduce_module, "run_evaluation", real)
+        raise RuntimeError("the evaluation's worker died")
+
+    monkeypatch.setattr(reproduce_module, "run_evaluation", dies_once)
+    with pytest.raises(RuntimeError, match="worker died"):
+        reproduce(widened)
+    assert _stages(w).count("finetune") == 3
     assert reproduce(widened) == report
     second = pd.read_csv(out / "results.csv")
     assert set(second["method"]) == {"hot_query", "adversarial", additive, "random", "bm25"}
@@ -90,11 +104,14 @@ def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_s
     ledger.add_pretrain(("True", "True", "True", "False"), str(tmp_path))
     ledger.add_pretrain(("False", "True", "False", "True"), str(tmp_path / "deleted"))
     ledger.add_run((("a=1",), 0), {"run_id": "r0", "metrics": {"gauc": 0.6}, "eval_dir": tmp_path})
+    ledger.add_trained((("b=1",), 0), "r1", str(tmp_path))  # trained, its evaluation never finished
+    ledger.add_trained((("c=1",), 0), "r2", str(tmp_path / "deleted"))
     with ledger.path.open("a") as f:
         f.write('{"kind": "finetune", "config": ["a=1"], "se')  # the process died mid-write
     again = Ledger(tmp_path, w, resume=True)
     assert list(again.runs) == [(("a=1",), 0)] and again.runs[(("a=1",), 0)]["metrics"] == {"gauc": 0.6}
     assert list(again.pretrained) == [("True", "True", "True", "False")]  # its model directory is gone
+    assert again.trained == {(("b=1",), 0): {"run_id": "r1", "model_dir": str(tmp_path)}}
     lines = ledger.path.read_text().splitlines()
     ledger.path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
     with pytest.raises(ConfigError, match=r"runs.jsonl:2"):
