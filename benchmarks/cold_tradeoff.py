@@ -57,12 +57,13 @@ def curve(q: np.ndarray, p: np.ndarray, data: EvalData, boosts=BOOSTS) -> pd.Dat
     rows = []
     for b in boosts:
         _, top = topk_rows(scores + b * data.cold[None, :], K)
+        boosted = pairs + b * cold_s
         rows.append({
             "boost": float(b),
             f"recall@{K}": float(per_query(top, data.targets, [K])[f"recall@{K}"].mean()),
             f"cold_recall@{K}": float(per_query(top[cold_q], cold_t, [K])[f"recall@{K}"].mean()),
-            "gauc": gauc(sid, clicked, pairs + b * cold_s)["gauc"],
-            "cold_gauc": cold_gauc(sid, clicked, pairs + b * cold_s, cold_s)["cold_gauc"],
+            "gauc": gauc(sid, clicked, boosted)["gauc"],
+            "cold_gauc": cold_gauc(sid, clicked, boosted, cold_s)["cold_gauc"],
         })  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -63,12 +63,8 @@ class Ledger:
                     continue
                 raise ConfigError(f"{self.path}:{n}: not a JSON entry ({exc})") from exc
             if entry.get("kind") == "pretrain":
-                if Path(entry["model_dir"]).is_dir():
+                if self._kept(n, entry["model_dir"], "pretraining"):
                     self.pretrained[tuple(entry["key"])] = entry["model_dir"]
-                else:
-                    print(
-                        f"[reproduce] {self.path}:{n}: {entry['model_dir']} is gone; that pretraining is redone"
-                    )
             elif entry.get("kind") == "finetune":
                 run = {
                     "run_id": entry["run_id"],
@@ -77,17 +73,20 @@ class Ledger:
                 }
                 self.runs[(tuple(entry["config"]), entry["seed"])] = run
             elif entry.get("kind") == "trained":
-                if Path(entry["model_dir"]).is_dir():
+                if self._kept(n, entry["model_dir"], "fine-tuning"):
                     self.trained[(tuple(entry["config"]), entry["seed"])] = {
                         "run_id": entry["run_id"],
                         "model_dir": entry["model_dir"],
                     }
-                else:
-                    print(
-                        f"[reproduce] {self.path}:{n}: {entry['model_dir']} is gone; that fine-tuning is redone"
-                    )
             else:
                 raise ConfigError(f"{self.path}:{n}: unknown entry kind {entry.get('kind')!r}")
+
+    def _kept(self, n: int, model_dir: str, stage: str) -> bool:
+        """Whether line ``n``'s model directory is still there; if not, that stage is done again."""
+        if Path(model_dir).is_dir():
+            return True
+        print(f"[reproduce] {self.path}:{n}: {model_dir} is gone; that {stage} is redone")
+        return False
 
     def _append(self, entry: dict) -> None:
         with self.path.open("a") as f:
