@@ -6,6 +6,7 @@ overrides. Some of a command's flags are shorthands for overrides, declared with
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -43,6 +44,10 @@ def _key(g, *flags: str, key: str, path: bool = False, **kw) -> None:
 def _settings(pairs: list[str]) -> dict:
     """``["nprobe=64", "refine=none"]`` -> ``{"nprobe": 64, "refine": "none"}`` (values read as YAML)."""
     return dict(parse_override(p) for p in pairs)
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def _yaml_list(text: str) -> str:
@@ -245,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     _key(p, "--data", key="data.root", path=True, help="catalogue directory, validated (data.root)")
     _key(p, "--resume", key="reproduce.resume", path=True, help="an earlier report directory: continue there, "
          "training only the rows and seeds it lacks (reproduce.resume)")  # fmt: skip
+    _key(p, "--reuse", key="reproduce.reuse", action="append", metavar="DIR", type=_absolute,
+         help="another report directory (repeatable): a row and seed it trained with the same settings is "
+         "evaluated here, not trained again (reproduce.reuse)")  # fmt: skip
     _common(p)
 
     p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
@@ -266,6 +274,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         kind, _, key = dest.partition(":")
         if value is None or kind not in ("key", "path"):
             continue
+        if isinstance(value, list):  # a flag with several values: a YAML list (JSON strings are YAML)
+            value = "[" + ", ".join(json.dumps(v) for v in value) + "]"
         out.append(f"{key}={Path(value).expanduser().resolve() if kind == 'path' else value}")
     return out + list(args.overrides)
 

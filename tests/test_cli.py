@@ -147,6 +147,7 @@ def test_every_readme_command_parses_into_a_valid_workload(line):
 
 def test_flag_shorthands_belong_to_their_command(tmp_path, monkeypatch):
     from ace_ray.cli import _absolute_paths, _overrides, build_parser, parse
+    from ace_ray.config import load_workload
 
     monkeypatch.chdir(tmp_path)
     # `import table --products` is a file, `synth --products` a count: one global table read the file
@@ -168,6 +169,13 @@ def test_flag_shorthands_belong_to_their_command(tmp_path, monkeypatch):
     assert args.resume == "finetune-acebert-1" and _overrides(args) == ["finetune.train.workers=1"]
     args = build_parser().parse_args(["reproduce", "--resume", "reports/r"])
     assert _overrides(args) == [f"reproduce.resume={tmp_path / 'reports' / 'r'}"]
+    # --reuse is repeatable, each a path, and leaves the overrides after it alone.
+    args = build_parser().parse_args(
+        ["reproduce", "--reuse", "reports/a b", "--reuse", "/x", "reproduce.seeds=[1]"]
+    )
+    (reuse,) = _overrides(args)[:1]
+    assert load_workload(None, [reuse]).reproduce.reuse == [str(tmp_path / "reports" / "a b"), "/x"]
+    assert args.overrides == ["reproduce.seeds=[1]"]
     args = build_parser().parse_args(["features", "shop", "--whole-image"])
     assert _overrides(args) == [f"data.root={tmp_path / 'shop'}", "data.features.roi=False"]
     # Overrides may follow a flag that follows a positional argument.

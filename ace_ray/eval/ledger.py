@@ -25,11 +25,16 @@ class Ledger:
     """Finished pretrainings (image input x loss weighting -> model directory) and fine-tunings
     ((preset overrides, seed) -> run id, metrics, evaluation directory) of one report directory."""
 
-    def __init__(self, out: Path, workload: Workload, resume: bool):
+    def __init__(self, out: Path, workload: Workload | None = None, resume: bool = True):
+        """The ledger of report directory ``out`` for a run of ``workload`` (``resume``: continue there);
+        without a workload, another report's ledger, read and never written."""
         self.path = out / "runs.jsonl"
         self.pretrained: dict[tuple, str] = {}
         self.runs: dict[tuple, dict] = {}
         self.trained: dict[tuple, dict] = {}  # fine-tuned but not yet evaluated: {"run_id", "model_dir"}
+        if workload is None:
+            self._load()
+            return
         saved = out / "workload.yaml"
         if resume:
             if not saved.is_file():
@@ -71,12 +76,13 @@ class Ledger:
                     "metrics": entry["metrics"],
                     "eval_dir": Path(entry["eval_dir"]),
                 }
+                if "reused_from" in entry:
+                    run["reused_from"] = entry["reused_from"]
                 self.runs[(tuple(entry["config"]), entry["seed"])] = run
             elif entry.get("kind") == "trained":
                 if self._kept(n, entry["model_dir"], "fine-tuning"):
                     self.trained[(tuple(entry["config"]), entry["seed"])] = {
-                        "run_id": entry["run_id"],
-                        "model_dir": entry["model_dir"],
+                        k: entry[k] for k in ("run_id", "model_dir", "reused_from") if k in entry
                     }
             else:
                 raise ConfigError(f"{self.path}:{n}: unknown entry kind {entry.get('kind')!r}")
@@ -96,10 +102,13 @@ class Ledger:
         self.pretrained[key] = model_dir
         self._append({"kind": "pretrain", "key": list(key), "model_dir": str(model_dir)})
 
-    def add_trained(self, key: tuple, run_id: str, model_dir: str) -> dict:
+    def add_trained(self, key: tuple, run_id: str, model_dir: str, reused_from: str | None = None) -> dict:
         """A finished fine-tuning, recorded before its evaluation: a run that dies evaluating is resumed by
-        evaluating that model, not by training it again."""
+        evaluating that model, not by training it again (``reused_from``: the report directory it was
+        trained for, when ``reproduce.reuse`` took it from there)."""
         self.trained[key] = {"run_id": run_id, "model_dir": str(model_dir)}
+        if reused_from:
+            self.trained[key]["reused_from"] = str(reused_from)
         config, seed = key
         self._append({"kind": "trained", "config": list(config), "seed": seed, **self.trained[key]})
         return self.trained[key]
@@ -108,4 +117,5 @@ class Ledger:
         self.runs[key] = run
         config, seed = key
         self._append({"kind": "finetune", "config": list(config), "seed": seed, "run_id": run["run_id"],
-                      "metrics": {k: float(v) for k, v in run["metrics"].items()}, "eval_dir": str(run["eval_dir"])})  # fmt: skip
+                      "metrics": {k: float(v) for k, v in run["metrics"].items()}, "eval_dir": str(run["eval_dir"]),
+                      **({"reused_from": run["reused_from"]} if "reused_from" in run else {})})  # fmt: skip

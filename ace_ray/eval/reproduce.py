@@ -23,7 +23,7 @@ from ace_ray import tracking
 from ace_ray.config import ConfigError, Workload, with_overrides
 from ace_ray.data import feature_store as fs
 from ace_ray.data.features import build_features
-from ace_ray.eval import report
+from ace_ray.eval import report, reuse
 from ace_ray.eval.evaluate import SUMMARY, run_evaluation
 from ace_ray.eval.ledger import Ledger
 from ace_ray.model.presets import preset_overrides
@@ -69,19 +69,23 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     presets = list(dict.fromkeys(p for rows in cfg.tables.values() for p in rows))
     configs = {p: row_overrides(p) for p in presets}
     pretrained, runs = ledger.pretrained, ledger.runs  # (config, seed) -> finetune result + metrics
+    found = reuse.candidates(cfg.reuse, base) if cfg.reuse else []
     rows = []
     t0 = time.perf_counter()
     for preset in presets:
         w = with_overrides(base, [*configs[preset], f"finetune.preset={preset.split()[0]}"])
         store = _features(w)
+        # TwinBERT starts from model.init; every other row from the pretraining of its image input.
+        pkey = None if w.finetune.preset == "twinbert" else tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
         for seed in cfg.seeds:
             key = (configs[preset], seed)
             if key not in runs:
                 ws = with_overrides(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
                 res = ledger.trained.get(key)
+                if res is None and found:
+                    res = _reused(ledger, ws, pkey, key, found, out, f"{preset} seed {seed}")
                 if res is None:
-                    if w.finetune.preset != "twinbert":
-                        pkey = tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
+                    if pkey is not None:
                         if pkey not in pretrained:
                             print(
                                 f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}"
@@ -101,7 +105,8 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
                 eval_dir = out / f"{_SLUG.sub('_', preset)}-seed{seed}"
                 ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), store, ws.data.test_days,
                                     dataclasses.replace(ws.eval, baselines=[]), eval_dir, name=preset)[preset]  # fmt: skip
-                ledger.add_run(key, {"run_id": res["run_id"], "metrics": ev, "eval_dir": eval_dir})
+                ledger.add_run(key, {"run_id": res["run_id"], "metrics": ev, "eval_dir": eval_dir,
+                                     **{k: v for k, v in res.items() if k == "reused_from"}})  # fmt: skip
             rows.append(
                 {"method": preset, "seed": seed, "run_id": runs[key]["run_id"], **runs[key]["metrics"]}
             )
@@ -118,7 +123,9 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         m for m in [*SUMMARY, "cold_recall@100", "cold_among_cold_recall@100", "cold_gauc"] if m in results
     ]
     summary = report.summarise_seeds(results, ["method"], metrics)
-    sections = [("How this was made", _how(base, baseline["_counts"], time.perf_counter() - t0, command))]
+    used = [runs[(configs[p], seed)] for p in presets for seed in cfg.seeds]
+    how = _how(base, baseline["_counts"], time.perf_counter() - t0, command) + _reuse_note(used)
+    sections = [("How this was made", how)]
     for title, table_rows in cfg.tables.items():
         names = [*table_rows, *base.eval.baselines]
         part = (
@@ -133,6 +140,36 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         tracking.log_artifacts(out, "reproduce")
     print(f"\n[reproduce] report {path} ({time.perf_counter() - t0:.0f} s)")
     return path
+
+
+def _reused(
+    ledger: Ledger, ws: Workload, pkey: tuple | None, key: tuple, found: list, out: Path, label: str
+) -> dict | None:
+    """A recorded run of another report with ``ws``'s settings, entered in this ledger as trained (with its
+    pretraining, when this report has none for that image input yet); None when there is none."""
+    c, why = reuse.match(ws, ledger.pretrained.get(pkey) if pkey else None, found)
+    if c is None:
+        print(f"[reproduce] {label}: nothing to reuse ({why})")
+        return None
+    print(
+        f"[reproduce] {label}: run {c.run_id} of {c.source} has these settings; evaluating it, not training"
+    )
+    if pkey is not None and pkey not in ledger.pretrained:
+        ledger.add_pretrain(pkey, c.init_from)
+    model_dir = c.model_dir or tracking.download_model(ws, c.run_id, out / "reused" / c.run_id)
+    return ledger.add_trained(key, c.run_id, str(model_dir), reused_from=str(c.source))
+
+
+def _reuse_note(used: list[dict]) -> str:
+    """Which of the report's fine-tunings were made for another report (``reproduce.reuse``)."""
+    sources = pd.Series([r["reused_from"] for r in used if "reused_from" in r], dtype=object)
+    if sources.empty:
+        return ""
+    each = ", ".join(f"`{src}` ({n})" for src, n in sources.value_counts(sort=False).items())
+    return (
+        f" {len(sources)} of the {len(used)} fine-tunings were trained for other reports with the same "
+        f"settings (`reproduce.reuse`) and evaluated here: {each}."
+    )
 
 
 def row_overrides(row: str) -> tuple[str, ...]:

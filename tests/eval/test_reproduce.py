@@ -3,13 +3,15 @@ in its directory with one more table: only the missing row trains. The ledger's 
 directly."""
 
 import json
+import shutil
 
 import mlflow
 import pandas as pd
 import pytest
 
 from ace_ray import tracking
-from ace_ray.config import ConfigError, with_overrides
+from ace_ray.cli import main
+from ace_ray.config import ConfigError, dump_config, with_overrides
 from ace_ray.eval import reproduce as reproduce_module
 from ace_ray.eval.ledger import Ledger
 from ace_ray.eval.reproduce import reproduce, row_overrides
@@ -74,10 +76,11 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     assert _stages(w).count("finetune") == 3
     assert reproduce(widened) == report
     second = pd.read_csv(out / "results.csv")
+    by_method = second.set_index("method")
     assert set(second["method"]) == {"hot_query", "adversarial", additive, "random", "bm25"}
     assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 3
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri(w))
-    params = client.get_run(second.set_index("method").loc[additive, "run_id"]).data.params
+    params = client.get_run(by_method.loc[additive, "run_id"]).data.params
     assert params["finetune.fusion"] == "additive" and params["finetune.preset"] == "hot_query"
     assert "## Levers" in report.read_text() and (out / "hot_query_finetune.fusion=additive-seed0").is_dir()
     for method in ("hot_query", "adversarial"):
@@ -87,6 +90,31 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     # Anything but reproduce.* / ray.* changed: refused, naming the setting.
     with pytest.raises(ConfigError, match="model.layers"):
         reproduce(with_overrides(widened, ["model.layers=1"]))
+
+    # A new report of the command line reuses that one's runs with the same settings (from a copy made as
+    # before the ledger recorded trained models: read from MLflow), and its pretraining for a new row.
+    old = tmp_path / "older-report"
+    shutil.copytree(out, old)
+    lines = (old / "runs.jsonl").read_text().splitlines(keepends=True)
+    (old / "runs.jsonl").write_text("".join(x for x in lines if '"kind": "trained"' not in x))
+    kept = {p: p.read_bytes() for p in old.iterdir() if p.is_file()}
+    (tmp_path / "w.yaml").write_text(dump_config(w))
+    gamma = "adversarial finetune.gamma=10"
+    tables = f'reproduce.tables={{"Table 4": [hot_query, adversarial], "Levers": [{gamma}]}}'
+    assert main(["reproduce", "--workload", str(tmp_path / "w.yaml"), "--reuse", str(old), tables]) == 0
+    (new,) = [d for d in (tmp_path / "reports").iterdir() if d != out]
+    assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 4
+    third = pd.read_csv(new / "results.csv").set_index("method")
+    for method in ("hot_query", "adversarial"):  # the same models, evaluated again: the same figures
+        assert third.loc[method, "run_id"] == by_method.loc[method, "run_id"]
+        assert third.loc[method, "recall@100"] == pytest.approx(by_method.loc[method, "recall@100"])
+    params = client.get_run(third.loc[gamma, "run_id"]).data.params
+    assert params["finetune.init_from"] == Ledger(old).pretrained[("True", "True", "True", "False")]
+    text = (new / "report.md").read_text()
+    assert "2 of the 3 fine-tunings were trained for other reports with the same settings" in text
+    assert f"`{old}` (2)" in text
+    after = {p: p.read_bytes() for p in old.iterdir() if p.is_file()}
+    assert after == kept  # the other report is read, never written
 
 
 def test_a_row_is_a_preset_with_overrides():
