@@ -43,6 +43,7 @@ from ace_ray.data import lexicon, text  # noqa: E402
 from ace_ray.data.click_stream import read_train_clicks  # noqa: E402
 from ace_ray.data.schema import GROUND_TRUTH_FILE, read_products  # noqa: E402
 from ace_ray.data.synth.taxonomy import COLOURS  # noqa: E402
+from ace_ray.eval.attribute_probe import attribute_accuracy  # noqa: E402
 from ace_ray.eval.embed import product_inputs  # noqa: E402
 from ace_ray.model.losses import bidirectional_softmax_loss  # noqa: E402
 from ace_ray.model.presets import load_with_preset  # noqa: E402
@@ -161,14 +162,14 @@ def train_and_probe(
         opt.step()
     towers.eval()
     # Each held-out product against the queries "<c> <its category>" of every colour c: which scores highest.
-    names = sorted(COLOURS)
-    cats = products["category"].to_numpy()[held]
     with torch.inference_mode():
         emb = towers.encode_products({k: v[torch.from_numpy(held)] for k, v in inputs.items()}).numpy()
-        scores = np.stack([np.einsum("nd,nd->n", encode_query_texts(towers, [_ask(c, k) for k in cats], tc), emb)
-                           for c in names], 1)  # fmt: skip
-    truth_held = truth["colour"].to_numpy()[held]
-    accuracy = float((np.asarray(names)[scores.argmax(1)] == truth_held).mean())
+    word = {c: lexicon.surface_forms(c)[0] for c in COLOURS}
+    accuracy = attribute_accuracy(
+        lambda queries: np.einsum("nd,nd->n", encode_query_texts(towers, queries, tc), emb),
+        [lexicon.surface_forms(k)[0] for k in products["category"].to_numpy()[held]],
+        [word[c] for c in truth["colour"].to_numpy()[held]], [word[c] for c in sorted(COLOURS)],
+    )  # fmt: skip
     majority = float(pd.Series(truth["colour"].to_numpy()[~held]).value_counts(normalize=True).iloc[0])
     return accuracy, majority
 

@@ -33,6 +33,7 @@ from report_models import report_models  # noqa: E402
 from ace_ray.config import load_workload  # noqa: E402
 from ace_ray.data.clicks import clean_clicks  # noqa: E402
 from ace_ray.data.validate import load_clean  # noqa: E402
+from ace_ray.eval.attribute_probe import attribute_accuracy  # noqa: E402
 from ace_ray.eval.embed import TowerRetriever, product_inputs  # noqa: E402
 from ace_ray.runtime import ensure_ray  # noqa: E402
 
@@ -57,11 +58,9 @@ def colour_accuracy(model: TowerRetriever, cold: pd.DataFrame, colours: list[str
     near every product does not win everywhere; what is left is what the product embeddings say)."""
     model.fit(cold)
     idx = np.arange(len(cold))
-    cats = cold["category"].str.lower().tolist()
-    scores = np.stack([model.score([f"{c.lower()} {k}" for k in cats], idx) for c in colours], 1)
-    truth, names = cold["colour"].to_numpy(), np.asarray(colours)
-    centred = scores - scores.mean(0)
-    return float((names[scores.argmax(1)] == truth).mean()), float((names[centred.argmax(1)] == truth).mean())
+    probe = (lambda queries: model.score(queries, idx), cold["category"].str.lower().tolist(),
+             cold["colour"].str.lower().tolist(), [c.lower() for c in colours])  # fmt: skip
+    return attribute_accuracy(*probe), attribute_accuracy(*probe, centred=True)
 
 
 def image_parts(
