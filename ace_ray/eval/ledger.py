@@ -32,7 +32,8 @@ class Ledger:
         self.pretrained: dict[tuple, str] = {}
         self.runs: dict[tuple, dict] = {}
         self.trained: dict[tuple, dict] = {}  # fine-tuned but not yet evaluated: {"run_id", "model_dir"}
-        if workload is None:
+        self.read_only = workload is None
+        if self.read_only:
             self._load()
             return
         saved = out / "workload.yaml"
@@ -91,7 +92,8 @@ class Ledger:
         """Whether line ``n``'s model directory is still there; if not, that stage is done again."""
         if Path(model_dir).is_dir():
             return True
-        print(f"[reproduce] {self.path}:{n}: {model_dir} is gone; that {stage} is redone")
+        print(f"[reproduce] {self.path}:{n}: {model_dir} is gone; that {stage} is "
+              f"{'not reused' if self.read_only else 'redone'}")  # fmt: skip
         return False
 
     def _append(self, entry: dict) -> None:

@@ -140,6 +140,10 @@ def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_s
     assert list(again.runs) == [(("a=1",), 0)] and again.runs[(("a=1",), 0)]["metrics"] == {"gauc": 0.6}
     assert list(again.pretrained) == [("True", "True", "True", "False")]  # its model directory is gone
     assert again.trained == {(("b=1",), 0): {"run_id": "r1", "model_dir": str(tmp_path)}}
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    read = Ledger(tmp_path)  # another report's, as reproduce.reuse reads it: nothing written
+    assert read.runs == again.runs and read.trained == again.trained
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamp
     lines = ledger.path.read_text().splitlines()
     ledger.path.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
     with pytest.raises(ConfigError, match=r"runs.jsonl:2"):
