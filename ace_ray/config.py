@@ -301,7 +301,10 @@ class FinetuneConfig:
     hot_queries: bool = True  # the product tower also reads the product's hot queries
     # Share of training pairs whose product is shown without its hot queries, as a cold product (no
     # train-day clicks) always is: without it the tower learns to lean on hot queries it will not have.
-    hot_query_dropout: float = _f(0.0, ge=0, le=1)
+    # 0.3 with fusion apart and hot_queries_apart (issue 16's levers, the defaults together): ahead of the paper's
+    # settings on the quickstart shop (3 seeds; benchmarks/results/reproduce_synth/levers_quickstart/) and of
+    # TwinBERT on both fashion imports (benchmarks/results/reproduce_fashion*/).
+    hot_query_dropout: float = _f(0.3, ge=0, le=1)
     # Share of training pairs whose product is shown with its hot queries less the pair's own query. A
     # train-day click's query is among its product's hot queries (99% on the fashion import), a test-day
     # query only half the time: without it the tower learns to match a query to its copy. The default, 0.5,
@@ -319,15 +322,16 @@ class FinetuneConfig:
     # The hot queries pooled on their own and added through their own projection, which starts at zero
     # (the hot-query tokens attend only to each other, no other token to them): the tower starts as the
     # one without hot queries and learns in what they add, instead of 48 hot-query tokens outweighing the
-    # title in one mean (see ace_ray.model.towers.TwoTower).
-    hot_queries_apart: bool = False
+    # title in one mean (see ace_ray.model.towers.TwoTower). On by default (see hot_query_dropout).
+    hot_queries_apart: bool = True
     embed_dim: int = _f(128, ge=1)
     pooling: str = _f("mean", choices=("mean", "cls"))  # mean (over every unpadded position) | cls
     # How the product's image tokens join its embedding: joint (the paper: one attention, one pool over all
-    # tokens) | additive (text pooled apart from the image, the image added through a projection that starts
-    # at zero) | apart (as additive, and the image tokens attend only to the image: the image vector is the
-    # photo's alone; see ace_ray.model.towers.TwoTower).
-    fusion: str = _f("joint", choices=("joint", "additive", "apart"))
+    # tokens, where 65 image tokens outweigh a 10-token title) | additive (text pooled apart from the image,
+    # the image added through a projection that starts at zero) | apart (the default, as additive, and the
+    # image tokens attend only to the image: the image vector is the photo's alone; see
+    # ace_ray.model.towers.TwoTower and hot_query_dropout).
+    fusion: str = _f("apart", choices=("joint", "additive", "apart"))
     # Weight of a second matching loss between the queries and the products' image vectors alone (fusion
     # additive or apart): the photo must find the clicked product by itself, so the image path learns what
     # photos show (the kind of product, its colour) rather than only what the title leaves over.
