@@ -155,8 +155,9 @@ def test_hot_query_leave_out_shows_a_share_of_products_without_the_pairs_own_que
     from ace_ray.data import text
     from ace_ray.train.finetune import make_batch
 
-    def workload(*overrides):
-        return load_workload(None, ["model.patches=false", "model.pixels=false", *overrides])
+    def workload(*overrides):  # the leave-out alone, without the default dropout of whole hot-query segments
+        return load_workload(None, ["model.patches=false", "model.pixels=false", "finetune.hot_query_dropout=0",
+                                    *overrides])  # fmt: skip
 
     cfg = workload().data.text
     queries = [f"red dress {i}" for i in range(400)]
@@ -194,9 +195,12 @@ def test_hot_query_leave_out_shows_a_share_of_products_without_the_pairs_own_que
 
 
 def test_the_image_loss_matches_the_photo_alone_against_its_categorys_products(shop, tmp_path):
-    # A weight without image vectors to weigh would do nothing: refused before any worker starts.
+    # A weight without image vectors to weigh (the paper's joint fusion) would do nothing: refused before any
+    # worker starts.
     with pytest.raises(ValueError, match="image_loss_weight"):
-        run_finetune(workload(shop, tmp_path, "cebert", "finetune.image_loss_weight=0.5"))
+        run_finetune(
+            workload(shop, tmp_path, "cebert", "finetune.fusion=joint", "finetune.image_loss_weight=0.5")
+        )
     with pytest.raises(ValueError, match="image_negatives"):
         run_finetune(workload(shop, tmp_path, "cebert", "finetune.image_negatives=same_category"))
     # The photo against the other products of the positive's category (read from the batch files).
