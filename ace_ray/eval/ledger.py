@@ -25,7 +25,7 @@ class Ledger:
     """Finished pretrainings (image input x loss weighting -> model directory) and fine-tunings
     ((preset overrides, seed) -> run id, metrics, evaluation directory) of one report directory."""
 
-    def __init__(self, out: Path, workload: Workload | None = None, resume: bool = True):
+    def __init__(self, out: Path, workload: Workload | None = None, resume: bool = False):
         """The ledger of report directory ``out`` for a run of ``workload`` (``resume``: continue there);
         without a workload, another report's ledger, read and never written."""
         self.path = out / "runs.jsonl"
