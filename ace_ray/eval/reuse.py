@@ -17,15 +17,29 @@ from ace_ray import tracking
 from ace_ray.config import ConfigError, Workload, flatten, to_dict
 from ace_ray.eval.ledger import Ledger
 
-# Settings that do not change what a fine-tuning learns: where and how its reproduction runs, the labels,
-# the pretrained model (compared as a pretraining this report may share, below) and the baselines (not
-# evaluated with a row).
-IGNORED = ("reproduce.", "ray.", "name", "finetune.init_from", "finetune.preset", "eval.baselines")
+# Settings that do not change what a fine-tuning learns: where and how its reproduction runs (the workspace
+# holds its outputs; the paths it reads are compared resolved, below), the labels, the pretrained model
+# (compared as a pretraining this report may share, below) and the baselines (not evaluated with a row).
+IGNORED = (
+    "reproduce.",
+    "ray.",
+    "workspace",
+    "name",
+    "finetune.init_from",
+    "finetune.preset",
+    "eval.baselines",
+)
+PATHS = (
+    "data.root",
+    "data.features.out",
+)  # relative to the workspace: "." and its absolute path are one place
 
 
 def training_settings(w: Workload) -> dict:
-    """The flattened workload less ``IGNORED``: two runs with equal settings are the same experiment."""
-    return {k: v for k, v in flatten(to_dict(w)).items() if not k.startswith(IGNORED)}
+    """The flattened workload less ``IGNORED``, with its data paths made absolute: two runs with equal
+    settings are the same experiment."""
+    flat = {k: v for k, v in flatten(to_dict(w)).items() if not k.startswith(IGNORED)}
+    return flat | {k: str(w.path(flat[k])) for k in PATHS if flat.get(k)}
 
 
 @dataclass

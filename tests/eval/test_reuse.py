@@ -1,0 +1,25 @@
+"""What makes two fine-tunings the same experiment for ``reproduce.reuse`` (the matching itself runs end to end
+in ``test_reproduce.py``)."""
+
+from ace_ray.config import load_workload
+from ace_ray.eval.reuse import training_settings
+
+
+def test_settings_compare_where_the_data_is_not_how_the_workspace_was_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = training_settings(load_workload(None, ["workspace=.", "data.root=shop"]))
+    assert training_settings(load_workload(None, [f"workspace={tmp_path}", "data.root=shop"])) == here
+    assert training_settings(load_workload(None, ["workspace=.", f"data.root={tmp_path / 'shop'}"])) == here
+    # Another shop, another seed, another name for the preset's label: only the first two are other experiments.
+    assert (
+        training_settings(load_workload(None, [f"workspace={tmp_path / 'elsewhere'}", "data.root=shop"]))
+        != here
+    )
+    assert (
+        training_settings(load_workload(None, ["workspace=.", "data.root=shop", "finetune.train.seed=1"]))
+        != here
+    )
+    assert (
+        training_settings(load_workload(None, ["workspace=.", "data.root=shop", "finetune.preset=cebert"]))
+        == here
+    )
