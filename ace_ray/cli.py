@@ -47,6 +47,7 @@ def _settings(pairs: list[str]) -> dict:
 
 
 def _absolute(path: str) -> str:
+    """A path the user typed, absolute: relative to where the user is, not to the workspace."""
     return str(Path(path).expanduser().resolve())
 
 
@@ -284,7 +285,7 @@ def _absolute_paths(args: argparse.Namespace) -> None:
     # File arguments are relative to where the user is, not to the workspace.
     for name in ("products", "images", "impressions", "src", "model", "space"):
         if isinstance(getattr(args, name, None), str):
-            setattr(args, name, str(Path(getattr(args, name)).expanduser().resolve()))
+            setattr(args, name, _absolute(getattr(args, name)))
 
 
 def run(args: argparse.Namespace) -> int:
