@@ -35,6 +35,10 @@ class FeatureMismatch(ValueError):
     """Features made under another manifest than the one a consumer expects."""
 
 
+class NoMatchingStore(FeatureMismatch):
+    """Feature stores exist, but none made with the workload's settings from the catalogue as it is now."""
+
+
 class IncompleteStore(FileNotFoundError):
     """A feature store folder that an interrupted ``ace-ray features`` left unfinished."""
 
@@ -209,7 +213,7 @@ def for_workload(w) -> FeatureStore:
             s for s in stores if json.loads((s.path / STATS).read_text()).get("products_sha256", now) == now
         ]
         if not current:
-            raise FeatureMismatch(f"{root}: the features were made from another {products.name} than the one in "
+            raise NoMatchingStore(f"{root}: the features were made from another {products.name} than the one in "
                                   f"{products.parent} now; run `ace-ray features{hint}` again")  # fmt: skip
         stores = current
 
@@ -222,7 +226,7 @@ def for_workload(w) -> FeatureStore:
         return match[0]
     if not match:
         near = min(stores, key=lambda s: len(diff(s)))
-        raise FeatureMismatch(
+        raise NoMatchingStore(
             f"{root}: no feature store matches the workload's data.features; the nearest, {near.path.name}, "
             f"differs in {'; '.join(diff(near))}. Run `ace-ray features` with these settings, or set them "
             "to the store's"

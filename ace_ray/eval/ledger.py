@@ -2,8 +2,12 @@
 
 A reproduction trains for hours; when it is interrupted, or widened afterwards (more tables, more seeds),
 ``reproduce.resume=<report dir>`` continues in that directory and trains only what is missing. The
-directory holds the effective workload (``workload.yaml``; a resumed run must match it outside
-``reproduce.*`` and ``ray.*``) and one JSON line per finished pretraining or fine-tuning (``runs.jsonl``).
+directory holds the effective workload (``workload.yaml``; a resumed run must match it outside ``FREE``),
+the fingerprint of the data it ran on (``data.json``) and one JSON line per finished pretraining or
+fine-tuning (``runs.jsonl``). A finished fine-tuning needs nothing outside the
+directory (its evaluation directory and training curves are inside it, named relative to it), so a report
+directory copied to another machine or clone, with the data imported there again, resumes there: only the
+data's content must be the same, not its path, and a pretraining whose model is gone is done again.
 """
 
 from __future__ import annotations
@@ -12,13 +16,26 @@ import json
 from pathlib import Path
 
 from ace_ray.config import ConfigError, Workload, flatten, load_config, save_config, to_dict
+from ace_ray.data.schema import IMPRESSIONS_FILE, PRODUCTS_FILE
+from ace_ray.data.validate import file_sha256
 
-# Sections that may differ between the run and its resumption: what to reproduce, and where Ray runs.
-FREE = ("reproduce.", "ray.")
+# Settings that may differ between the run and its resumption: what to reproduce, where Ray runs, where runs
+# are recorded, and where the workspace and the data are (the data is compared by content: ``data.json``).
+FREE = ("reproduce.", "ray.", "tracking.", "workspace", "data.root", "data.features.out")
+DATA_FILE = "data.json"
+# What a fine-tuning entry may also say: the report it was trained for (reproduce.reuse), the pretrained model
+# it started from, and the precision it trained in (machines differ: bf16 autocast only where the CPU has it).
+FACTS = ("reused_from", "init_from", "autocast")
 
 
 def _settings(data: dict) -> dict:
     return {k: v for k, v in flatten(data).items() if not k.startswith(FREE)}
+
+
+def data_fingerprint(w: Workload) -> dict[str, str]:
+    """The sha256 of the catalogue's two tables: the same data wherever it was imported."""
+    root = w.path(w.data.root)
+    return {name: file_sha256(root / name) for name in (PRODUCTS_FILE, IMPRESSIONS_FILE)}
 
 
 class Ledger:
@@ -44,8 +61,10 @@ class Ledger:
                 )
             # Loaded as a Workload, so settings added to ace-ray since then read as their defaults.
             self._check_same(to_dict(load_config(Workload, saved)), to_dict(workload), saved)
+            self._check_data(out / DATA_FILE, workload)
             self._load()
         save_config(workload, saved)
+        (out / DATA_FILE).write_text(json.dumps(data_fingerprint(workload), indent=1) + "\n")
 
     @staticmethod
     def _check_same(before: dict, now: dict, saved: Path) -> None:
@@ -54,7 +73,17 @@ class Ledger:
         if diff:
             shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff[:5])
             raise ConfigError(f"reproduce.resume: the workload differs from {saved} in {len(diff)} setting(s): "
-                              f"{shown}; only reproduce.* and ray.* may change")  # fmt: skip
+                              f"{shown}; only reproduce.*, ray.*, tracking.* and the paths may change")  # fmt: skip
+
+    @staticmethod
+    def _check_data(saved: Path, w: Workload) -> None:
+        if not saved.is_file():  # a report directory from before the fingerprint was kept
+            return
+        before, now = json.loads(saved.read_text()), data_fingerprint(w)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(f"reproduce.resume: {w.path(w.data.root) / changed[0]} is not the data {saved.parent} "
+                              f"ran on (its sha256 differs from {saved}); resume it on the same data")  # fmt: skip
 
     def _load(self) -> None:
         if not self.path.is_file():
@@ -75,10 +104,9 @@ class Ledger:
                 run = {
                     "run_id": entry["run_id"],
                     "metrics": entry["metrics"],
-                    "eval_dir": Path(entry["eval_dir"]),
+                    "eval_dir": self.path.parent / entry["eval_dir"],  # relative, or absolute as once written
                 }
-                if "reused_from" in entry:
-                    run["reused_from"] = entry["reused_from"]
+                run |= {k: entry[k] for k in FACTS if k in entry}
                 self.runs[(tuple(entry["config"]), entry["seed"])] = run
             elif entry.get("kind") == "trained":
                 if self._kept(n, entry["model_dir"], "fine-tuning"):
@@ -116,8 +144,12 @@ class Ledger:
         return self.trained[key]
 
     def add_run(self, key: tuple, run: dict) -> None:
+        """An evaluated fine-tuning: run id, metrics, evaluation directory, and the ``FACTS`` it has."""
         self.runs[key] = run
         config, seed = key
+        eval_dir = Path(run["eval_dir"])
+        if eval_dir.is_relative_to(self.path.parent):
+            eval_dir = eval_dir.relative_to(self.path.parent)
         self._append({"kind": "finetune", "config": list(config), "seed": seed, "run_id": run["run_id"],
-                      "metrics": {k: float(v) for k, v in run["metrics"].items()}, "eval_dir": str(run["eval_dir"]),
-                      **({"reused_from": run["reused_from"]} if "reused_from" in run else {})})  # fmt: skip
+                      "metrics": {k: float(v) for k, v in run["metrics"].items()}, "eval_dir": str(eval_dir),
+                      **{k: run[k] for k in FACTS if k in run}})  # fmt: skip

@@ -14,6 +14,7 @@ import dataclasses
 import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -38,7 +39,7 @@ PRETRAIN_KEYS = ("data.features.roi", "model.patches", "model.pixels", "pretrain
 def _features(w: Workload) -> fs.FeatureStore:
     try:
         return fs.for_workload(w)
-    except FileNotFoundError:
+    except (FileNotFoundError, fs.NoMatchingStore):  # none yet, or none of this row's kind (RoI, whole image)
         root = w.path(w.data.root)
         print(f"[reproduce] building {'RoI' if w.data.features.roi else 'whole-image'} features for {root}")
         out = w.path(w.data.features.out) if w.data.features.out else None
@@ -46,10 +47,41 @@ def _features(w: Workload) -> fs.FeatureStore:
         return fs.for_workload(w)
 
 
+CURVES_FILE = "training_curves.csv"
+CURVES = ("loss", "main", "adv", "d_acc", "centroid_gap")  # what the figures and a reader of the game need
+
+
+def _kept_with_report(w: Workload, run_id: str, eval_dir: Path) -> dict:
+    """Copy into ``eval_dir`` what the report needs of run ``run_id`` besides its evaluation (its training
+    curves), so the report directory is whole without the MLflow store; the facts the ledger keeps of it:
+    its pretrained model and the precision it trained in."""
+    run = mlflow.tracking.MlflowClient(tracking.tracking_uri(w)).get_run(run_id)
+    curves = [_history(w, run_id, k) for k in CURVES if k in run.data.metrics]
+    if curves:
+        merged = curves[0]
+        for c in curves[1:]:
+            merged = merged.merge(c, on="step", how="outer")
+        merged.sort_values("step").to_csv(eval_dir / CURVES_FILE, index=False)
+    facts = {
+        "autocast": run.data.tags.get("autocast"),
+        "init_from": run.data.params.get("finetune.init_from"),
+    }
+    return {k: v for k, v in facts.items() if v not in (None, "None")}
+
+
 def _history(w: Workload, run_id: str, key: str) -> pd.DataFrame:
     client = mlflow.tracking.MlflowClient(tracking.tracking_uri(w))
     hist = client.get_metric_history(run_id, key)
     return pd.DataFrame({"step": [m.step for m in hist], key: [m.value for m in hist]}).sort_values("step")
+
+
+def _curve(w: Workload, run: dict, key: str) -> pd.DataFrame:
+    """Training curve ``key`` of a ledger run: from its evaluation directory, else (recorded before the
+    curves were kept there) from MLflow."""
+    path = Path(run["eval_dir"]) / CURVES_FILE
+    if path.is_file():
+        return pd.read_csv(path)[["step", key]].dropna()
+    return _history(w, run["run_id"], key)
 
 
 def reproduce(base: Workload, command: str | None = None) -> Path:
@@ -70,13 +102,14 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     configs = {p: row_overrides(p) for p in presets}
     pretrained, runs = ledger.pretrained, ledger.runs  # (config, seed) -> finetune result + metrics
     found = reuse.candidates(cfg.reuse, base) if cfg.reuse else []
-    rows = []
+    rows, pkeys = [], {}
     t0 = time.perf_counter()
     for preset in presets:
         w = with_overrides(base, [*configs[preset], f"finetune.preset={preset.split()[0]}"])
         store = _features(w)
         # TwinBERT starts from model.init; every other row from the pretraining of its image input.
         pkey = None if w.finetune.preset == "twinbert" else tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
+        pkeys[preset] = pkey
         for seed in cfg.seeds:
             key = (configs[preset], seed)
             if key not in runs:
@@ -106,6 +139,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
                 ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), store, ws.data.test_days,
                                     dataclasses.replace(ws.eval, baselines=[]), eval_dir, name=preset)[preset]  # fmt: skip
                 ledger.add_run(key, {"run_id": res["run_id"], "metrics": ev, "eval_dir": eval_dir,
+                                     **_kept_with_report(ws, res["run_id"], eval_dir),
                                      **{k: v for k, v in res.items() if k == "reused_from"}})  # fmt: skip
             rows.append(
                 {"method": preset, "seed": seed, "run_id": runs[key]["run_id"], **runs[key]["metrics"]}
@@ -123,8 +157,9 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         m for m in [*SUMMARY, "cold_recall@100", "cold_among_cold_recall@100", "cold_gauc"] if m in results
     ]
     summary = report.summarise_seeds(results, ["method"], metrics)
-    used = [runs[(configs[p], seed)] for p in presets for seed in cfg.seeds]
-    how = _how(base, baseline["_counts"], time.perf_counter() - t0, command) + _reuse_note(used)
+    used = [(pkeys[p], runs[(configs[p], seed)]) for p in presets for seed in cfg.seeds]
+    how = (_how(base, baseline["_counts"], time.perf_counter() - t0, command) + _reuse_note([r for _, r in used])
+           + _provenance_note(used))  # fmt: skip
     sections = [("How this was made", how)]
     for title, table_rows in cfg.tables.items():
         names = [*table_rows, *base.eval.baselines]
@@ -172,6 +207,25 @@ def _reuse_note(used: list[dict]) -> str:
     )
 
 
+def _provenance_note(used: list[tuple[tuple | None, dict]]) -> str:
+    """What differed in how the fine-tunings were made, each ``(pretraining key, ledger run)``: the precision
+    (bf16 autocast only on machines whose CPU multiplies bf16; a report resumed on another machine mixes
+    them), and image inputs whose rows started from more than one pretraining (one is done again when a
+    resumed run finds its model gone)."""
+    precision = Counter(r.get("autocast", "a precision not recorded") for _, r in used)
+    note = " Fine-tunings trained " + ", ".join(f"in {p}: {n}" for p, n in precision.items()) + "."
+    inits: dict[tuple, Counter] = {}
+    for pkey, r in used:
+        if pkey is not None:
+            inits.setdefault(pkey, Counter())[r.get("init_from", "not recorded")] += 1
+    for pkey, counts in inits.items():
+        if len(counts) > 1:
+            each = "; ".join(f"{n} from `{init}`" for init, n in counts.items())
+            note += (f" The rows with {dict(zip(PRETRAIN_KEYS, pkey, strict=True))} started from {len(counts)} "
+                     f"different pretrainings (done again on resuming where the model was gone): {each}.")  # fmt: skip
+    return note
+
+
 def row_overrides(row: str) -> tuple[str, ...]:
     """A table row, ``"PRESET [key=value ...]"`` -> the overrides that make its config: the preset's, then the
     row's own (a plain preset row keeps the key it always had in a report's ledger)."""
@@ -213,10 +267,7 @@ def _figures(base: Workload, runs: dict, configs: dict, seed: int, out: Path) ->
     found = {k: v for k, v in found.items() if v}
     if len(found) < 2:
         return []
-    curves = {
-        label: _history(base, r["run_id"], "main").rename(columns={"main": "loss"})
-        for label, r in found.items()
-    }
+    curves = {label: _curve(base, r, "main").rename(columns={"main": "loss"}) for label, r in found.items()}
     fig6 = report.plot_curves(curves, out / "fig6_matching_loss.png", y="loss", smooth=0.1,
                               title=f"Semantic matching loss (L_main), seed {seed}")  # fmt: skip
     maps = []

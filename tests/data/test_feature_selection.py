@@ -21,7 +21,7 @@ def test_the_store_is_chosen_by_every_feature_setting(featurised_shop, tmp_path)
     default = with_overrides(w, ["data.features.grid=4", "data.features.cnn_input=224"])
     with pytest.raises(fs.FeatureMismatch, match=r"grid: store has 2, workload 4; cnn_input: store has 64"):
         fs.for_workload(default)
-    with pytest.raises(fs.FeatureMismatch, match=r"roi: store has True, workload False"):
+    with pytest.raises(fs.NoMatchingStore, match=r"roi: store has True, workload False"):
         fs.for_workload(with_overrides(w, ["data.features.roi=false"]))
 
 
@@ -34,8 +34,11 @@ def test_two_stores_of_the_same_settings_are_ambiguous(featurised_shop, tmp_path
     shutil.copytree(store.path, out / version)
     (out / version / fs.MANIFEST).write_text(json.dumps(other))
     w = with_overrides(featurised_shop[0], [f"data.features.out={out}", *SHOP_FEATURES])
-    with pytest.raises(fs.FeatureMismatch, match=r"2 feature stores match .*weights_sha256 ffffffffffff"):
+    with pytest.raises(
+        fs.FeatureMismatch, match=r"2 feature stores match .*weights_sha256 ffffffffffff"
+    ) as err:
         fs.for_workload(w)
+    assert not isinstance(err.value, fs.NoMatchingStore)  # not missing: ambiguous, so nothing is built
     shutil.rmtree(out / version)
     assert fs.for_workload(w).path == out / store.path.name
 
@@ -50,5 +53,5 @@ def test_features_of_an_older_catalogue_are_not_taken(featurised_shop, tmp_path)
     products = pd.read_parquet(copy / "products.parquet")
     products.loc[0, "title"] = "re-imported title"
     products.to_parquet(copy / "products.parquet")
-    with pytest.raises(fs.FeatureMismatch, match="made from another products.parquet"):
+    with pytest.raises(fs.NoMatchingStore, match="made from another products.parquet"):
         fs.for_workload(same)

@@ -116,6 +116,43 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     after = {p: p.read_bytes() for p in old.iterdir() if p.is_file()}
     assert after == kept  # the other report is read, never written
 
+    # The report directory carried to another clone (as a repository carries a long reproduction across
+    # machines): another workspace with an empty MLflow store, the pretrained model gone. Its finished rows
+    # are read, the figures drawn from the directory alone, and a new row's pretraining is done again.
+    clone = tmp_path / "clone"
+    carried = clone / "benchmarks" / "report"
+    shutil.copytree(out, carried)
+    shutil.rmtree(Ledger(out).pretrained[("True", "True", "True", "False")])
+    for f in carried.glob("fig*.png"):
+        f.unlink()
+    lr = "hot_query finetune.train.lr=0.001"
+    there = _workload(featurised_shop, clone, f"reproduce.resume={carried}", f"tracking.uri=sqlite:///{clone}/mlflow.db",
+                      f'reproduce.tables={{"Table 4": [hot_query, adversarial], "Levers": [{lr}]}}')  # fmt: skip
+    reproduce(there)
+    assert _stages(there) == ["reproduce", "finetune", "pretrain"]  # only the new row and its pretraining
+    carried_results = pd.read_csv(carried / "results.csv").set_index("method")
+    for method in ("hot_query", "adversarial"):
+        assert carried_results.loc[method, "recall@100"] == by_method.loc[method, "recall@100"]
+    assert (carried / "fig6_matching_loss.png").stat().st_size > 10_000
+    assert len(list(carried.glob("fig7_embedding_map_*.png"))) == 2
+    text = (carried / "report.md").read_text()
+    assert "started from 2 different pretrainings" in text and "Fine-tunings trained in " in text
+
+
+def test_a_row_of_another_image_input_builds_its_features(featurised_shop, tmp_path):
+    # A freshly imported catalogue has no features; after the first RoI row, a whole-image row (FashionBERT)
+    # finds only RoI stores: it builds its own instead of stopping the reproduction hours in.
+    w, _, store = featurised_shop
+    out = tmp_path / "features"
+    shutil.copytree(store.path, out / store.path.name)
+    whole = with_overrides(w, [f"data.features.out={out}", "data.features.roi=false"])
+    built = reproduce_module._features(whole)
+    assert built.manifest.roi is False and built.path.parent == out
+    assert (
+        reproduce_module._features(with_overrides(w, [f"data.features.out={out}"])).path.name
+        == store.path.name
+    )
+
 
 def test_a_row_is_a_preset_with_overrides():
     assert row_overrides("twinbert") == tuple(preset_overrides("twinbert"))
@@ -151,3 +188,8 @@ def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_s
     assert json.loads(lines[2])["run_id"] == "r0"
     with pytest.raises(ConfigError, match="not a reproduce directory"):
         Ledger(tmp_path / "elsewhere", w, resume=True)
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    fingerprint = json.loads((tmp_path / "data.json").read_text())
+    (tmp_path / "data.json").write_text(json.dumps({**fingerprint, "impressions.parquet": "0" * 64}))
+    with pytest.raises(ConfigError, match=r"impressions.parquet is not the data .* ran on"):
+        Ledger(tmp_path, w, resume=True)  # the same settings on other data
