@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     _key(p, "--data", key="data.root", path=True, help="catalogue directory, validated (data.root)")
     _key(p, "--resume", key="reproduce.resume", path=True, help="an earlier report directory: continue there, "
          "training only the rows and seeds it lacks (reproduce.resume)")  # fmt: skip
+    _key(p, "--report-only", key="reproduce.report_only", action="store_const", const="true",
+         help="with --resume: the report of what that directory has finished so far; trains nothing "
+         "(reproduce.report_only)")  # fmt: skip
     _key(p, "--reuse", key="reproduce.reuse", action="append", metavar="DIR", type=_absolute,
          help="another report directory (repeatable): a row and seed it trained with the same settings is "
          "evaluated here, not trained again (reproduce.reuse)")  # fmt: skip

@@ -390,6 +390,8 @@ class ReproduceConfig:
     })  # fmt: skip
     out: str = _f("reports", nonempty=True)  # report directory, under the workspace
     resume: str | None = None  # an earlier report directory: continue there, training only what is missing
+    # With resume: write the report of what that directory has finished so far, training nothing.
+    report_only: bool = False
     # Other report directories whose fine-tunings with the same settings (and a pretraining this report may
     # share) are evaluated here instead of trained again (ace_ray.eval.reuse).
     reuse: list[str] = field(default_factory=list)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ace_ray.config import ConfigError, Workload, flatten, load_config, save_config, to_dict
 from ace_ray.data.schema import IMPRESSIONS_FILE, PRODUCTS_FILE
 from ace_ray.data.validate import file_sha256
+from ace_ray.model.presets import PRESETS
 
 # Settings that may differ between the run and its resumption: what to reproduce, where Ray runs, where runs
 # are recorded, and where the workspace and the data are (the data is compared by content: ``data.json``).
@@ -28,8 +29,15 @@ DATA_FILE = "data.json"
 FACTS = ("reused_from", "init_from", "autocast")
 
 
+# What every row's preset sets over the base workload, so the base's value has no effect (the command line
+# applies its default preset to the base, a workload file may not).
+ROW_SET = frozenset.intersection(*(frozenset(o.split("=")[0] for o in ov) for ov in PRESETS.values())) | {
+    "finetune.preset"
+}
+
+
 def _settings(data: dict) -> dict:
-    return {k: v for k, v in flatten(data).items() if not k.startswith(FREE)}
+    return {k: v for k, v in flatten(data).items() if not k.startswith(FREE) and k not in ROW_SET}
 
 
 def data_fingerprint(w: Workload) -> dict[str, str]:

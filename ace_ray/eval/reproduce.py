@@ -88,6 +88,8 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     """Train and evaluate every table row with every seed; write ``<reproduce.out>/<name>/report.md``
     (``command``: the command line that asked for it, quoted in the report)."""
     cfg = base.reproduce
+    if cfg.report_only and not cfg.resume:
+        raise ConfigError("reproduce.report_only: name the report directory to report on (reproduce.resume)")
     if cfg.resume:
         out = base.path(cfg.resume)  # the ledger refuses a directory that is not a report directory
     else:
@@ -102,7 +104,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     configs = {p: row_overrides(p) for p in presets}
     pretrained, runs = ledger.pretrained, ledger.runs  # (config, seed) -> finetune result + metrics
     found = reuse.candidates(cfg.reuse, base) if cfg.reuse else []
-    rows, pkeys = [], {}
+    rows, pkeys, missing = [], {}, []
     t0 = time.perf_counter()
     for preset in presets:
         w = with_overrides(base, [*configs[preset], f"finetune.preset={preset.split()[0]}"])
@@ -112,6 +114,9 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         pkeys[preset] = pkey
         for seed in cfg.seeds:
             key = (configs[preset], seed)
+            if key not in runs and cfg.report_only:
+                missing.append(f"{preset} seed {seed}")
+                continue
             if key not in runs:
                 ws = with_overrides(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
                 res = ledger.trained.get(key)
@@ -157,9 +162,9 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         m for m in [*SUMMARY, "cold_recall@100", "cold_among_cold_recall@100", "cold_gauc"] if m in results
     ]
     summary = report.summarise_seeds(results, ["method"], metrics)
-    used = [(pkeys[p], runs[(configs[p], seed)]) for p in presets for seed in cfg.seeds]
+    used = [(pkeys[p], runs[(configs[p], s)]) for p in presets for s in cfg.seeds if (configs[p], s) in runs]
     how = (_how(base, baseline["_counts"], time.perf_counter() - t0, command) + _reuse_note([r for _, r in used])
-           + _provenance_note(used))  # fmt: skip
+           + _provenance_note(used) + _missing_note(missing, len(used)))  # fmt: skip
     sections = [("How this was made", how)]
     for title, table_rows in cfg.tables.items():
         names = [*table_rows, *base.eval.baselines]
@@ -205,6 +210,14 @@ def _reuse_note(used: list[dict]) -> str:
         f" {len(sources)} of the {len(used)} fine-tunings were trained for other reports with the same "
         f"settings (`reproduce.reuse`) and evaluated here: {each}."
     )
+
+
+def _missing_note(missing: list[str], done: int) -> str:
+    """What a report of an unfinished reproduction (``reproduce.report_only``) lacks."""
+    if not missing:
+        return ""
+    return (f" **Unfinished**: {done} of the {done + len(missing)} fine-tunings are done; not yet trained: "
+            f"{', '.join(missing)}; the cells are over the seeds done (n).")  # fmt: skip
 
 
 def _provenance_note(used: list[tuple[tuple | None, dict]]) -> str:

@@ -62,6 +62,24 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     widened = _workload(featurised_shop, tmp_path, f"reproduce.resume={out}",
                         'reproduce.tables={"Table 4": [hot_query, adversarial], '
                         f'"Levers": [{additive}]}}')  # fmt: skip
+    # What is done so far, as the command line asks for it: the report of the finished rows; nothing trains.
+    (tmp_path / "w.yaml").write_text(dump_config(w))
+    levers = f'reproduce.tables={{"Table 4": [hot_query, adversarial], "Levers": [{additive}]}}'
+    args = [
+        "reproduce",
+        "--workload",
+        str(tmp_path / "w.yaml"),
+        "--resume",
+        str(out),
+        "--report-only",
+        levers,
+    ]
+    assert main(args) == 0
+    assert _stages(w).count("finetune") == 2
+    assert f"2 of the 3 fine-tunings are done; not yet trained: {additive} seed 0" in report.read_text()
+    with pytest.raises(ConfigError, match="report_only: name the report directory"):
+        reproduce(with_overrides(w, ["reproduce.report_only=true"]))
+
     # The new row's evaluation dies (as a Ray Data worker did on a busy machine) after it trained: the
     # resume evaluates that model instead of training it again.
     real = reproduce_module.run_evaluation
@@ -98,7 +116,6 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     lines = (old / "runs.jsonl").read_text().splitlines(keepends=True)
     (old / "runs.jsonl").write_text("".join(x for x in lines if '"kind": "trained"' not in x))
     kept = {p: p.read_bytes() for p in old.iterdir() if p.is_file()}
-    (tmp_path / "w.yaml").write_text(dump_config(w))
     gamma = "adversarial finetune.gamma=10"
     tables = f'reproduce.tables={{"Table 4": [hot_query, adversarial], "Levers": [{gamma}]}}'
     assert main(["reproduce", "--workload", str(tmp_path / "w.yaml"), "--reuse", str(old), tables]) == 0
