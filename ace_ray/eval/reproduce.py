@@ -108,7 +108,6 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     t0 = time.perf_counter()
     for preset in presets:
         w = with_overrides(base, [*configs[preset], f"finetune.preset={preset.split()[0]}"])
-        store = _features(w)
         # TwinBERT starts from model.init; every other row from the pretraining of its image input.
         pkey = None if w.finetune.preset == "twinbert" else tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
         pkeys[preset] = pkey
@@ -123,6 +122,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
                 if res is None and found:
                     res = _reused(ledger, ws, pkey, key, found, out, f"{preset} seed {seed}")
                 if res is None:
+                    _features(w)  # built here if this is the first row of its kind on this catalogue
                     if pkey is not None:
                         if pkey not in pretrained:
                             print(
@@ -141,7 +141,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
                         f"\n[reproduce] {preset} seed {seed}: fine-tuned in run {res['run_id']}; evaluating it"
                     )
                 eval_dir = out / f"{_SLUG.sub('_', preset)}-seed{seed}"
-                ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), store, ws.data.test_days,
+                ev = run_evaluation(res["model_dir"], ws.path(ws.data.root), _features(ws), ws.data.test_days,
                                     dataclasses.replace(ws.eval, baselines=[]), eval_dir, name=preset)[preset]  # fmt: skip
                 ledger.add_run(key, {"run_id": res["run_id"], "metrics": ev, "eval_dir": eval_dir,
                                      **_kept_with_report(ws, res["run_id"], eval_dir),
