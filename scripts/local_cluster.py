@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 
 STATE = "cluster.json"
+START_TRIES = 3  # starts of the second node before giving up (see start_worker)
 MARKER = "ACE_RAY_LOCAL_CLUSTER"  # every process of a cluster inherits it: how stop finds stragglers
 DEFAULT_DIR = os.environ.get("ACE_RAY_CLUSTER_DIR", str(Path(tempfile.gettempdir()) / "ace-ray-cluster"))
 
@@ -183,17 +184,30 @@ def start_worker(state: dict, env: dict[str, str], timeout: float, procs: list |
     d = Path(state["dir"])
     logs = Path(state["logs"])
     before = {n["node_id"] for n in alive_nodes(state["dashboard"])}
-    # A second node must bind 127.0.0.1 too: run `ray start` with the CLI's multi-node check passed (see
-    # _ray_cli below) while the rest of Ray keeps the loopback-only setting.
-    worker = _spawn([sys.executable, __file__, "_ray", "start", "--address", state["gcs_address"],
-                     "--num-cpus", str(state["worker_cpus"]), *_gpus(state["worker_gpus"]),
-                     "--resources", state["worker_resources"], "--dashboard-agent-listen-port", str(_free_port()),
-                     "--include-log-monitor", "false", *_common(state)], logs / "worker.log", env)  # fmt: skip
-    state["pgids"]["worker"] = worker.pid
-    (d / STATE).write_text(json.dumps(state, indent=2))
-    procs = [*(procs or []), ("ray worker node", worker, logs / "worker.log")]
-    _wait("the second Ray node", lambda: len({n["node_id"] for n in alive_nodes(state["dashboard"])} - before) >= 1,
-          timeout, procs)  # fmt: skip
+    for attempt in range(1, START_TRIES + 1):
+        # A second node must bind 127.0.0.1 too: run `ray start` with the CLI's multi-node check passed (see
+        # _ray_cli below) while the rest of Ray keeps the loopback-only setting.
+        worker = _spawn([sys.executable, __file__, "_ray", "start", "--address", state["gcs_address"],
+                         "--num-cpus", str(state["worker_cpus"]), *_gpus(state["worker_gpus"]),
+                         "--resources", state["worker_resources"], "--dashboard-agent-listen-port", str(_free_port()),
+                         "--include-log-monitor", "false", *_common(state)], logs / "worker.log", env)  # fmt: skip
+        state["pgids"]["worker"] = worker.pid
+        (d / STATE).write_text(json.dumps(state, indent=2))
+        try:
+            _wait("the second Ray node", lambda: len({n["node_id"] for n in alive_nodes(state["dashboard"])} - before) >= 1,
+                  timeout, [*(procs or []), ("ray worker node", worker, logs / "worker.log")])  # fmt: skip
+            break
+        except RuntimeError as exc:
+            # Ray gives a starting node a fixed 30 s to register with the GCS (ray/_private/node.py); on a small
+            # machine busy with other work it can miss that. Its processes are ended and it starts again.
+            if attempt == START_TRIES or "timed out during startup" not in str(exc):
+                raise
+            group = worker.pid
+            _end([group], lambda g=group: _members(state["id"], [g]), grace=10)
+            # A raylet that registered late may be listed until the head notices it is gone: not the new one.
+            before.update(n["node_id"] for n in alive_nodes(state["dashboard"]))
+            print(f"local_cluster: the second node missed Ray's 30 s start-up deadline; starting it again "
+                  f"({attempt + 1}/{START_TRIES})", file=sys.stderr, flush=True)  # fmt: skip
     state["worker_node_id"] = next(
         n["node_id"] for n in alive_nodes(state["dashboard"]) if n["node_id"] not in before
     )
