@@ -104,7 +104,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     configs = {p: row_overrides(p) for p in presets}
     pretrained, runs = ledger.pretrained, ledger.runs  # (config, seed) -> finetune result + metrics
     found = reuse.candidates(cfg.reuse, base) if cfg.reuse else []
-    rows, pkeys, missing = [], {}, []
+    rows, pkeys, missing = [], {}, {}
     t0 = time.perf_counter()
     for preset in presets:
         w = with_overrides(base, [*configs[preset], f"finetune.preset={preset.split()[0]}"])
@@ -114,7 +114,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         for seed in cfg.seeds:
             key = (configs[preset], seed)
             if key not in runs and cfg.report_only:
-                missing.append(f"{preset} seed {seed}")
+                missing.setdefault(key, f"{preset} seed {seed}")  # rows of one config (cebert, none) once
                 continue
             if key not in runs:
                 ws = with_overrides(w, [f"finetune.train.seed={seed}", f"data.batches.seed={seed}"])
@@ -162,9 +162,16 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         m for m in [*SUMMARY, "cold_recall@100", "cold_among_cold_recall@100", "cold_gauc"] if m in results
     ]
     summary = report.summarise_seeds(results, ["method"], metrics)
-    used = [(pkeys[p], runs[(configs[p], s)]) for p in presets for s in cfg.seeds if (configs[p], s) in runs]
+    # Each fine-tuning once, though rows of one config (Table 1's cebert, Table 4's none) share it.
+    done = {
+        (configs[p], s): (pkeys[p], runs[(configs[p], s)])
+        for p in presets
+        for s in cfg.seeds
+        if (configs[p], s) in runs
+    }
+    used = list(done.values())
     how = (_how(base, baseline["_counts"], time.perf_counter() - t0, command) + _reuse_note([r for _, r in used])
-           + _provenance_note(used) + _missing_note(missing, len(used)))  # fmt: skip
+           + _provenance_note(used) + _missing_note(list(missing.values()), len(used)))  # fmt: skip
     sections = [("How this was made", how)]
     for title, table_rows in cfg.tables.items():
         names = [*table_rows, *base.eval.baselines]
