@@ -171,6 +171,17 @@ def test_a_row_of_another_image_input_builds_its_features(featurised_shop, tmp_p
     )
 
 
+def test_a_row_is_compared_with_the_row_above_it_that_the_report_has():
+    # An unfinished report (--report-only) lacks roi_patch: roi_patch_pixel is compared with patch.
+    part = pd.DataFrame({"method": ["patch", "roi_patch_pixel"], "recall@100_mean": [0.63, 0.62],
+                         "gauc_mean": [0.63, 0.64]})  # fmt: skip
+    rows = ["patch", "roi_patch", "roi_patch_pixel"]
+    assert reproduce_module._regressions(part, rows) == (
+        "- roi_patch_pixel does not beat patch on recall@100 (0.6200 vs 0.6300)."
+    )
+    assert reproduce_module._regressions(part.iloc[:1], rows) == ""  # one row: nothing to compare
+
+
 def test_a_row_is_a_preset_with_overrides():
     assert row_overrides("twinbert") == tuple(preset_overrides("twinbert"))
     assert row_overrides("acebert finetune.gamma=10")[-1] == "finetune.gamma=10"
