@@ -62,6 +62,7 @@ class Ledger:
             self._load()
             return
         saved = out / "workload.yaml"
+        data = data_fingerprint(workload)  # hashed once: the impressions table is the largest file read here
         if resume:
             if not saved.is_file():
                 raise ConfigError(
@@ -69,10 +70,10 @@ class Ledger:
                 )
             # Loaded as a Workload, so settings added to ace-ray since then read as their defaults.
             self._check_same(to_dict(load_config(Workload, saved)), to_dict(workload), saved)
-            self._check_data(out / DATA_FILE, workload)
+            self._check_data(out / DATA_FILE, data, workload)
             self._load()
         save_config(workload, saved)
-        (out / DATA_FILE).write_text(json.dumps(data_fingerprint(workload), indent=1) + "\n")
+        (out / DATA_FILE).write_text(json.dumps(data, indent=1) + "\n")
 
     @staticmethod
     def _check_same(before: dict, now: dict, saved: Path) -> None:
@@ -84,10 +85,10 @@ class Ledger:
                               f"{shown}; only reproduce.*, ray.*, tracking.* and the paths may change")  # fmt: skip
 
     @staticmethod
-    def _check_data(saved: Path, w: Workload) -> None:
+    def _check_data(saved: Path, now: dict[str, str], w: Workload) -> None:
         if not saved.is_file():  # a report directory from before the fingerprint was kept
             return
-        before, now = json.loads(saved.read_text()), data_fingerprint(w)
+        before = json.loads(saved.read_text())
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         if changed:
             raise ConfigError(f"reproduce.resume: {w.path(w.data.root) / changed[0]} is not the data {saved.parent} "
