@@ -346,7 +346,8 @@ class FinetuneConfig:
     # the loss pushes popular products down, while shoppers click them more (losses.bidirectional_softmax_loss).
     # 0.5: on the quickstart shop it gains most of 1's GAUC (0.714, 1: 0.729, 0: 0.679) and keeps the cold
     # products' recall (0.883, 1: 0.752, 0: 0.888); on the plain fashion import too it keeps more cold recall
-    # than 1, where ACE-BERT's lead over TwinBERT was within the seed spread (benchmarks/results/reproduce_fashion/).
+    # than 1, where ACE-BERT's cold lead over TwinBERT was within the seed spread
+    # (benchmarks/results/reproduce_fashion/sampling_bias_correction*/).
     logq_correction: float = _f(0.5, ge=0, le=1)
     mask_false_negatives: bool = True  # in-batch "negatives" that are the positive's product are masked
     # With data.val_days: Recall@val_k of the validation days' queries, at every checkpoint, over the products

@@ -208,14 +208,15 @@ def _reused(
 
 
 def _reuse_note(used: list[dict]) -> str:
-    """Which of the report's fine-tunings were made for another report (``reproduce.reuse``)."""
+    """Which of the report's fine-tunings were made for another report (``reproduce.reuse`` evaluates them here;
+    an entry copied from another report's ledger keeps its evaluation there)."""
     sources = pd.Series([r["reused_from"] for r in used if "reused_from" in r], dtype=object)
     if sources.empty:
         return ""
     each = ", ".join(f"`{src}` ({n})" for src, n in sources.value_counts(sort=False).items())
     return (
         f" {len(sources)} of the {len(used)} fine-tunings were trained for other reports with the same "
-        f"settings (`reproduce.reuse`) and evaluated here: {each}."
+        f"settings and data (`reproduce.reuse`, or their ledger entries carried over): {each}."
     )
 
 
