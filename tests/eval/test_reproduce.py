@@ -182,6 +182,31 @@ def test_a_row_is_compared_with_the_row_above_it_that_the_report_has():
     assert reproduce_module._regressions(part.iloc[:1], rows) == ""  # one row: nothing to compare
 
 
+def test_figures_come_from_the_first_seed_whose_two_runs_kept_their_evaluation_directories(tmp_path):
+    # Seed 0's adversarial entry was carried over from another report (its evaluation directory is there):
+    # the figures come from seed 1; with no such seed the report says why, instead of failing.
+    configs = {"hot_query": ("h",), "adversarial": ("a",)}
+    runs = {}
+    for cfg, seed in [("h", 0), ("a", 0), ("h", 1), ("a", 1)]:
+        d = tmp_path / f"{cfg}{seed}"
+        if (cfg, seed) != ("a", 0):
+            d.mkdir()
+            (d / "embedding_map.png").write_bytes(f"map {cfg}{seed}".encode())
+            pd.DataFrame({"step": [1, 2], "main": [2.0, 1.5 + seed]}).to_csv(d / reproduce_module.CURVES_FILE)
+        runs[((cfg,), seed)] = {"eval_dir": d, "metrics": {"centroid_gap": 0.1}}
+    out = tmp_path / "report"
+    out.mkdir()
+    sections = reproduce_module._figures(None, runs, configs, [0, 1], out)
+    assert "fig6_matching_loss.png" in sections[0][1]
+    assert (out / "fig6_matching_loss.png").stat().st_size > 1000
+    assert (out / "fig7_embedding_map_with_adversarial.png").read_bytes() == b"map a1"
+    assert (out / "fig7_embedding_map_without_adversarial.png").read_bytes() == b"map h1"
+    (note,) = reproduce_module._figures(None, runs, configs, [0], out)
+    assert note[1].startswith("Not drawn: no seed has both rows")
+    no_adversarial_row = {"hot_query": ("h",)}
+    assert reproduce_module._figures(None, runs, no_adversarial_row, [0, 1], out) == []
+
+
 def test_a_row_is_a_preset_with_overrides():
     assert row_overrides("twinbert") == tuple(preset_overrides("twinbert"))
     assert row_overrides("acebert finetune.gamma=10")[-1] == "finetune.gamma=10"
