@@ -31,16 +31,24 @@ def report_models(
     """(method, seed, the run's line in ``runs.jsonl`` (its overrides, MLflow run id and the metrics its
     evaluation recorded), its model as a retriever) for each fine-tuned model of ``report``
     (those of ``seeds`` only, if given; a report still in progress gives its finished runs); each model is
-    downloaded from the report's MLflow store to a temporary directory that lives until the next one."""
+    downloaded from the report's MLflow store to a temporary directory that lives until the next one, and a
+    run the store does not have (carried over from another machine's report) is skipped, saying so."""
     runs = [json.loads(line) for line in (report / "runs.jsonl").read_text().splitlines()]
     # A report still training (or stopped) has no results.csv yet: its runs are named from their overrides.
     results = report / "results.csv"
-    methods = pd.read_csv(results).set_index("run_id")["method"] if results.is_file() else {}
+    # Rows of one config (cebert, roi_patch_pixel and none in Tables 1, 3, 4) share a run: all are named.
+    methods = pd.read_csv(results).groupby("run_id")["method"].agg(" / ".join) if results.is_file() else {}
     base = load_workload(report / "workload.yaml")
     for run in (r for r in runs if r["kind"] == "finetune" and (seeds is None or r["seed"] in seeds)):
         w = load_workload(report / "workload.yaml", run["config"])
         with tempfile.TemporaryDirectory() as tmp:
-            model_dir = tracking.download_model(base, run["run_id"], tmp)
+            try:
+                model_dir = tracking.download_model(base, run["run_id"], tmp)
+            except Exception as exc:  # MLflow raises several types for a run its store does not have
+                # A ledger entry carried over from another machine's report: its model stayed there.
+                print(f"[report_models] {report}: run {run['run_id']} (seed {run['seed']}) is not in "
+                      f"{tracking.tracking_uri(base)} ({type(exc).__name__}); skipped")  # fmt: skip
+                continue
             model = TowerRetriever(
                 model_dir, fs.for_workload(w), w.path(w.data.root), w.eval, w.data.test_days
             )
