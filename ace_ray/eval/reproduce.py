@@ -76,11 +76,12 @@ def _history(w: Workload, run_id: str, key: str) -> pd.DataFrame:
 
 
 def _curve(w: Workload, run: dict, key: str) -> pd.DataFrame:
-    """Training curve ``key`` of a ledger run: from its evaluation directory, else (recorded before the
-    curves were kept there) from MLflow."""
+    """Training curve ``key`` of a ledger run: from its evaluation directory (empty where the run did not log
+    it), else (recorded before the curves were kept there) from MLflow."""
     path = Path(run["eval_dir"]) / CURVES_FILE
     if path.is_file():
-        return pd.read_csv(path)[["step", key]].dropna()
+        frame = pd.read_csv(path)
+        return frame[["step", key]].dropna() if key in frame else pd.DataFrame({"step": [], key: []})
     return _history(w, run["run_id"], key)
 
 
@@ -306,7 +307,33 @@ def _figures(base: Workload, runs: dict, configs: dict, seeds: list[int], out: P
             f"{label} (query-product centroid gap {gap:.3f}):\n\n{report.figure_link(dst, out / 'report.md', label)}"
         )
     return [("Fig. 6: matching loss with and without adversarial learning", report.figure_link(fig6, out / "report.md")),
-            ("Fig. 7: query and product embeddings by category", "\n\n".join(maps))]  # fmt: skip
+            ("Fig. 7: query and product embeddings by category", "\n\n".join(maps)),
+            _game(base, found, seed, out)]  # fmt: skip
+
+
+def _game(base: Workload, found: dict, seed: int, out: Path) -> tuple[str, str]:
+    """Whether the game did what it is for (paper 3.3), on one seed's pair of runs: D's accuracy during training
+    (0.5 = it cannot tell a query's embedding from a product's), the query-product centroid gap with and without
+    the game (during training and on the test set) and what it cost in Recall@100 and GAUC."""
+    with_, without = found["with adversarial"], found["without adversarial"]
+    curves = {
+        "centroid gap, without adversarial": _curve(base, without, "centroid_gap"),
+        "centroid gap, with adversarial": _curve(base, with_, "centroid_gap"),
+        "D's accuracy, with adversarial (0.5 = fooled)": _curve(base, with_, "d_acc"),
+    }
+    curves = {label: c.set_axis(["step", "value"], axis=1) for label, c in curves.items()}
+    fig = report.plot_curves(curves, out / "fig6_game.png", y="value", smooth=0.1,
+                             title=f"The game during training, seed {seed}")  # fmt: skip
+    end = [
+        c["value"].iloc[-max(1, len(c) // 10) :].mean() for c in curves.values()
+    ]  # the last tenth of training
+    a, b = with_["metrics"], without["metrics"]
+    text = (f"Seed {seed}, over the last tenth of training: D's accuracy {end[2]:.3f} (0.5 = fooled), the "
+            f"centroid gap {end[1]:.3f} with the game against {end[0]:.3f} without. On the test set: centroid gap "
+            f"{a.get('centroid_gap', float('nan')):.3f} against {b.get('centroid_gap', float('nan')):.3f}, "
+            f"Recall@100 {a['recall@100']:.4f} against {b['recall@100']:.4f}, GAUC {a['gauc']:.4f} against "
+            f"{b['gauc']:.4f}.\n\n{report.figure_link(fig, out / 'report.md')}")  # fmt: skip
+    return ("The game: D fooled, the gap closed, and its cost", text)
 
 
 def _how(w: Workload, counts: dict, seconds: float, command: str | None) -> str:

@@ -3,6 +3,7 @@ in its directory with one more table: only the missing row trains. The ledger's 
 directly."""
 
 import json
+import re
 import shutil
 
 import mlflow
@@ -52,6 +53,8 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     assert "| cold_gauc |" in text  # and their clicks against the session's other impressions
     assert (out / "fig6_matching_loss.png").stat().st_size > 10_000
     assert len(list(out.glob("fig7_embedding_map_*.png"))) == 2
+    game = re.search(r"D's accuracy (\S+) \(0.5 = fooled\)", text)  # read from the adversarial run's curves
+    assert game and 0.0 <= float(game[1]) <= 1.0 and (out / "fig6_game.png").stat().st_size > 10_000
     first = pd.read_csv(out / "results.csv")
     assert set(first["method"]) == {"hot_query", "adversarial", "random", "bm25"}
     assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 2  # one shared pretraining
@@ -192,8 +195,19 @@ def test_figures_come_from_the_first_seed_whose_two_runs_kept_their_evaluation_d
         if (cfg, seed) != ("a", 0):
             d.mkdir()
             (d / "embedding_map.png").write_bytes(f"map {cfg}{seed}".encode())
-            pd.DataFrame({"step": [1, 2], "main": [2.0, 1.5 + seed]}).to_csv(d / reproduce_module.CURVES_FILE)
-        runs[((cfg,), seed)] = {"eval_dir": d, "metrics": {"centroid_gap": 0.1}}
+            curves = {
+                "step": range(1, 21),
+                "main": [2.0] * 20,
+                "centroid_gap": [0.3 if cfg == "h" else 0.1] * 20,
+            }
+            if cfg == "a":  # only the adversarial run logs D's accuracy
+                curves["d_acc"] = [0.9] * 18 + [0.6, 0.5]
+            pd.DataFrame(curves).to_csv(d / reproduce_module.CURVES_FILE, index=False)
+        gap, recall = (0.25, 0.6) if cfg == "h" else (0.15, 0.59)
+        runs[((cfg,), seed)] = {
+            "eval_dir": d,
+            "metrics": {"centroid_gap": gap, "recall@100": recall, "gauc": 0.6},
+        }
     out = tmp_path / "report"
     out.mkdir()
     sections = reproduce_module._figures(None, runs, configs, [0, 1], out)
@@ -201,6 +215,12 @@ def test_figures_come_from_the_first_seed_whose_two_runs_kept_their_evaluation_d
     assert (out / "fig6_matching_loss.png").stat().st_size > 1000
     assert (out / "fig7_embedding_map_with_adversarial.png").read_bytes() == b"map a1"
     assert (out / "fig7_embedding_map_without_adversarial.png").read_bytes() == b"map h1"
+    title, game = sections[2]
+    assert title.startswith("The game")  # the last tenth of training (steps 19-20) and the test set, seed 1
+    assert game.startswith("Seed 1, over the last tenth of training: D's accuracy 0.550 (0.5 = fooled), the "
+                           "centroid gap 0.100 with the game against 0.300 without. On the test set: centroid "
+                           "gap 0.150 against 0.250, Recall@100 0.5900 against 0.6000")  # fmt: skip
+    assert (out / "fig6_game.png").stat().st_size > 1000
     (note,) = reproduce_module._figures(None, runs, configs, [0], out)
     assert note[1].startswith("Not drawn: no seed has both rows")
     no_adversarial_row = {"hot_query": ("h",)}
