@@ -283,18 +283,21 @@ def _regressions(part: pd.DataFrame, table_rows: list[str]) -> str:
 def _figures(base: Workload, runs: dict, configs: dict, seeds: list[int], out: Path) -> list[tuple[str, str]]:
     """Fig. 6 (matching loss with and without adversarial learning) and Fig. 7 (embedding maps), drawn from the
     first seed whose two runs both kept their evaluation directory here (a ledger entry carried over from another
-    report keeps its figures there), or a line saying why they are not drawn."""
+    report keeps its figures there), and the game's reading on every such seed; or a line saying why they are not
+    drawn."""
     pair = {"without adversarial": "hot_query", "with adversarial": "adversarial"}
     if not all(p in configs for p in pair.values()):
         return []
+    kept = {}
     for seed in seeds:
         found = {label: runs.get((configs[p], seed)) for label, p in pair.items()}
         if all(r and (r["eval_dir"] / "embedding_map.png").is_file() for r in found.values()):
-            break
-    else:
+            kept[seed] = found
+    if not kept:
         why = ("Not drawn: no seed has both rows (`hot_query`, `adversarial`) trained with their evaluation "
                "directories in this report (an entry carried over from another report keeps them there).")  # fmt: skip
         return [("Fig. 6 and 7: adversarial learning", why)]
+    seed, found = next(iter(kept.items()))
     curves = {label: _curve(base, r, "main").rename(columns={"main": "loss"}) for label, r in found.items()}
     fig6 = report.plot_curves(curves, out / "fig6_matching_loss.png", y="loss", smooth=0.1,
                               title=f"Semantic matching loss (L_main), seed {seed}")  # fmt: skip
@@ -308,32 +311,40 @@ def _figures(base: Workload, runs: dict, configs: dict, seeds: list[int], out: P
         )
     return [("Fig. 6: matching loss with and without adversarial learning", report.figure_link(fig6, out / "report.md")),
             ("Fig. 7: query and product embeddings by category", "\n\n".join(maps)),
-            _game(base, found, seed, out)]  # fmt: skip
+            _game(base, kept, out)]  # fmt: skip
 
 
-def _game(base: Workload, found: dict, seed: int, out: Path) -> tuple[str, str]:
-    """Whether the game did what it is for (paper 3.3), on one seed's pair of runs: D's accuracy during training
-    (0.5 = it cannot tell a query's embedding from a product's), the query-product centroid gap with and without
-    the game (during training and on the test set) and what it cost in Recall@100 and GAUC."""
-    with_, without = found["with adversarial"], found["without adversarial"]
-    curves = {
-        "centroid gap, without adversarial": _curve(base, without, "centroid_gap"),
-        "centroid gap, with adversarial": _curve(base, with_, "centroid_gap"),
-        "D's accuracy, with adversarial (0.5 = fooled)": _curve(base, with_, "d_acc"),
-    }
-    curves = {label: c.set_axis(["step", "value"], axis=1) for label, c in curves.items()}
-    fig = report.plot_curves(curves, out / "fig6_game.png", y="value", smooth=0.1,
-                             title=f"The game during training, seed {seed}")  # fmt: skip
-    end = [
-        c["value"].iloc[-max(1, len(c) // 10) :].mean() for c in curves.values()
-    ]  # the last tenth of training
-    a, b = with_["metrics"], without["metrics"]
-    text = (f"Seed {seed}, over the last tenth of training: D's accuracy {end[2]:.3f} (0.5 = fooled), the "
-            f"centroid gap {end[1]:.3f} with the game against {end[0]:.3f} without. On the test set: centroid gap "
+def _game(base: Workload, kept: dict[int, dict], out: Path) -> tuple[str, str]:
+    """Whether the game did what it is for (paper 3.3), on each seed's pair of runs (``kept``: seed -> the runs
+    without and with it): D's accuracy during training (0.5 = it cannot tell a query's embedding from a
+    product's), the query-product centroid gap with and without the game (during training and on the test set)
+    and what it cost in Recall@100 and GAUC; the curves of the first seed drawn."""
+    lines, fig = [], None
+    for seed, found in kept.items():
+        with_, without = found["with adversarial"], found["without adversarial"]
+        curves = {
+            "centroid gap, without adversarial": _curve(base, without, "centroid_gap"),
+            "centroid gap, with adversarial": _curve(base, with_, "centroid_gap"),
+            "D's accuracy, with adversarial (0.5 = fooled)": _curve(base, with_, "d_acc"),
+        }
+        curves = {label: c.set_axis(["step", "value"], axis=1) for label, c in curves.items()}
+        if fig is None:
+            fig = report.plot_curves(curves, out / "fig6_game.png", y="value", smooth=0.1,
+                                     title=f"The game during training, seed {seed}")  # fmt: skip
+        # As training ends: the mean over its last tenth.
+        gap_without, gap_with, d_acc = (
+            c["value"].iloc[-max(1, len(c) // 10) :].mean() for c in curves.values()
+        )
+        a, b = with_["metrics"], without["metrics"]
+        lines.append(
+            f"- Seed {seed}, over the last tenth of training: D's accuracy {d_acc:.3f} (0.5 = fooled), the centroid "
+            f"gap {gap_with:.3f} with the game against {gap_without:.3f} without. On the test set: centroid gap "
             f"{a.get('centroid_gap', float('nan')):.3f} against {b.get('centroid_gap', float('nan')):.3f}, "
             f"Recall@100 {a['recall@100']:.4f} against {b['recall@100']:.4f}, GAUC {a['gauc']:.4f} against "
-            f"{b['gauc']:.4f}.\n\n{report.figure_link(fig, out / 'report.md')}")  # fmt: skip
-    return ("The game: D fooled, the gap closed, and its cost", text)
+            f"{b['gauc']:.4f}."
+        )
+    return ("The game: D fooled, the gap closed, and its cost",
+            "\n".join(lines) + f"\n\n{report.figure_link(fig, out / 'report.md')}")  # fmt: skip
 
 
 def _how(w: Workload, counts: dict, seconds: float, command: str | None) -> str:

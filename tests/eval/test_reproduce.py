@@ -190,7 +190,7 @@ def test_figures_come_from_the_first_seed_whose_two_runs_kept_their_evaluation_d
     # the figures come from seed 1; with no such seed the report says why, instead of failing.
     configs = {"hot_query": ("h",), "adversarial": ("a",)}
     runs = {}
-    for cfg, seed in [("h", 0), ("a", 0), ("h", 1), ("a", 1)]:
+    for cfg, seed in [("h", 0), ("a", 0), ("h", 1), ("a", 1), ("h", 2), ("a", 2)]:
         d = tmp_path / f"{cfg}{seed}"
         if (cfg, seed) != ("a", 0):
             d.mkdir()
@@ -210,16 +210,18 @@ def test_figures_come_from_the_first_seed_whose_two_runs_kept_their_evaluation_d
         }
     out = tmp_path / "report"
     out.mkdir()
-    sections = reproduce_module._figures(None, runs, configs, [0, 1], out)
+    sections = reproduce_module._figures(None, runs, configs, [0, 1, 2], out)
     assert "fig6_matching_loss.png" in sections[0][1]
     assert (out / "fig6_matching_loss.png").stat().st_size > 1000
     assert (out / "fig7_embedding_map_with_adversarial.png").read_bytes() == b"map a1"
     assert (out / "fig7_embedding_map_without_adversarial.png").read_bytes() == b"map h1"
     title, game = sections[2]
-    assert title.startswith("The game")  # the last tenth of training (steps 19-20) and the test set, seed 1
-    assert game.startswith("Seed 1, over the last tenth of training: D's accuracy 0.550 (0.5 = fooled), the "
+    # The last tenth of training (steps 19-20) and the test set, for each seed with both runs (1 and 2).
+    assert title.startswith("The game")
+    assert game.startswith("- Seed 1, over the last tenth of training: D's accuracy 0.550 (0.5 = fooled), the "
                            "centroid gap 0.100 with the game against 0.300 without. On the test set: centroid "
                            "gap 0.150 against 0.250, Recall@100 0.5900 against 0.6000")  # fmt: skip
+    assert "\n- Seed 2, over the last tenth" in game and "Seed 0" not in game
     assert (out / "fig6_game.png").stat().st_size > 1000
     (note,) = reproduce_module._figures(None, runs, configs, [0], out)
     assert note[1].startswith("Not drawn: no seed has both rows")
