@@ -279,6 +279,9 @@ class AdversarialConfig:
     encoder_steps: int = _f(5, ge=1)  # k
     disc_steps: int = _f(1, ge=1)
     disc_lr: float = _f(1e-3, gt=0)
+    # constant: D learns at disc_lr to the end, catching up with an encoder whose learning rate has decayed;
+    # encoder: disc_lr follows the encoder's warm-up and linear decay, so neither side outpaces the other.
+    disc_lr_schedule: str = _f("constant", choices=("constant", "encoder"))
     disc_hidden: int = _f(128, ge=1)
 
 

@@ -137,6 +137,9 @@ class FinetuneTask(loop.Task):
         self.model = ray.train.torch.prepare_model(build_towers(w, manifest.feature_dim, manifest.pixel_dim))
         self.disc = DomainClassifier(ft.embed_dim, adv.disc_hidden).to(device) if adv.mode != "none" else None
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=adv.disc_lr) if self.disc else None
+        self.sched_d = None
+        if self.disc and adv.disc_lr_schedule == "encoder":
+            self.sched_d = worker.linear_schedule(self.opt_d, ft.train.warmup_steps, config["total_steps"])
         self.disc_steps = Counter()
         self.columns = ["batch_id", *TEXT_COLUMNS, "product_id", "feature_row"]
         if ft.hot_queries and ft.hot_query_leave_one_out:  # read only where make_batch uses it
@@ -198,7 +201,9 @@ class FinetuneTask(loop.Task):
                 self._disc_update()
                 out["d_loss"] = d_loss.item()
         self.opt_d.zero_grad(set_to_none=True)
-        return {**out, "disc_steps": float(self.disc_steps.value)}
+        if self.sched_d is not None:  # one schedule step per encoder step, however many D steps it had
+            self.sched_d.step()
+        return {**out, "disc_steps": float(self.disc_steps.value), "d_lr": self.opt_d.param_groups[0]["lr"]}
 
     def _disc_update(self) -> None:
         average_grads(self.disc, self.world)
@@ -223,7 +228,10 @@ class FinetuneTask(loop.Task):
         return {name: value[0]}
 
     def extra_state(self):
-        return {"disc": self.disc, "disc_opt": self.opt_d, "disc_steps": self.disc_steps} if self.disc else {}
+        if self.disc is None:
+            return {}
+        state = {"disc": self.disc, "disc_opt": self.opt_d, "disc_steps": self.disc_steps}
+        return {**state, "disc_sched": self.sched_d} if self.sched_d is not None else state
 
     def write_model(self, d: Path) -> None:
         w = self.w

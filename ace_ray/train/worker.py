@@ -58,14 +58,19 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: TrainConfig, total_steps
     opt = torch.optim.AdamW([{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
                               "lr": cfg.lr * (cfg.image_lr_scale if image else 1.0)}
                              for (decay, image), params in sorted(groups.items())], lr=cfg.lr)  # fmt: skip
-    warmup = min(cfg.warmup_steps, max(1, total_steps))
+    return opt, linear_schedule(opt, cfg.warmup_steps, total_steps)
+
+
+def linear_schedule(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up over ``warmup_steps`` then linear decay to 0 at ``total_steps`` (one ``step()`` a step)."""
+    warmup = min(warmup_steps, max(1, total_steps))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def no_sync(model: torch.nn.Module, sync: bool):

@@ -90,15 +90,19 @@ def _expected_steps(w, total: int) -> tuple[dict[int, float], list[dict[int, flo
 def test_the_adversarial_game_takes_no_encoder_step_and_no_batch(shop, tmp_path):
     """Both ways of playing the game: D's steps come on top of the encoder's. The encoder steps, the
     learning-rate schedule and the batches it sees are those of the same run without the game (computed
-    from the schedule and the batch plan, which a run without the game follows: tests/train/test_resume.py)."""
+    from the schedule and the batch plan, which a run without the game follows: tests/train/test_resume.py).
+    D learns at disc_lr throughout, or (disc_lr_schedule=encoder) on the encoder's schedule."""
     common = (
         "finetune.train.max_steps=6",
         "finetune.adversarial.encoder_steps=2",
         "finetune.adversarial.disc_steps=2",
+        "finetune.adversarial.disc_lr=0.01",
     )
+    schedule = {"alternating": "constant", "grl": "encoder"}
     runs = {}
     for mode in ("alternating", "grl"):
-        w = workload(shop, tmp_path / mode, "acebert", f"finetune.adversarial.mode={mode}", *common)
+        w = workload(shop, tmp_path / mode, "acebert", f"finetune.adversarial.mode={mode}", *common,
+                     f"finetune.adversarial.disc_lr_schedule={schedule[mode]}")  # fmt: skip
         runs[mode] = (w, run_finetune(w))
     lr, data = _expected_steps(runs["grl"][0], 6)
     for mode, (w, res) in runs.items():
@@ -114,6 +118,10 @@ def test_the_adversarial_game_takes_no_encoder_step_and_no_batch(shop, tmp_path)
             else {s: float(s) for s in range(1, 7)}
         )
         assert len(history(w, res["run_id"], "d_acc")) == 6
+        d_lr = history(w, res["run_id"], "d_lr")  # D's learning rate for its next step
+        want = {s: v * 0.01 / 0.002 if mode == "grl" else 0.01 for s, v in lr.items()}
+        assert d_lr == pytest.approx(want), mode
+    assert lr[6] == 0 and lr[5] > 0  # the encoder's schedule ends at 0: D's with it in the grl run
     assert len(set(data[0].values())) == 6
     _, info = load_towers(runs["alternating"][1]["model_dir"])
     assert info["hot_queries"] and info["split"]["test_days"] == 1

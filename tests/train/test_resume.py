@@ -29,7 +29,8 @@ def _args(shop: Path, workspace: Path) -> list[str]:
             "data.test_days=1", "data.batches.batch_size=16", "data.batches.partitions=4", "model.init=random",
             "model.size=tiny", "model.layers=2", "finetune.train.lr=0.002", "finetune.train.warmup_steps=3",
             f"finetune.train.max_steps={STEPS}", "finetune.train.checkpoint_every=4", "finetune.train.log_every=4",
-            "finetune.adversarial.encoder_steps=2", "finetune.hot_query_dropout=0.3", "finetune.hot_query_leave_out=0.5",
+            "finetune.adversarial.encoder_steps=2", "finetune.adversarial.disc_lr_schedule=encoder",
+            "finetune.hot_query_dropout=0.3", "finetune.hot_query_leave_out=0.5",
             "finetune.hot_query_leave_one_out=true", "finetune.logq_correction=1",
             *SHOP_FEATURES]  # fmt: skip
 
@@ -99,7 +100,7 @@ def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights
     assert _run_id(name) == interrupted  # the same MLflow run continued
     assert min(_latest(interrupted, "resumed_from_step").values()) >= 4
     good = _run_id(_run_dir(unbroken).name)
-    for key in ("data_r0", "data_r1"):
+    for key in ("data_r0", "data_r1", "d_lr"):  # D's learning-rate schedule continued, not restarted
         assert _latest(interrupted, key) == _latest(good, key), key  # exactly the same batches, step by step
     assert _latest(interrupted, "disc_steps")[STEPS] == _latest(good, "disc_steps")[STEPS] == STEPS // 2
     a, b = _final_model(good, tmp_path / "a"), _final_model(interrupted, tmp_path / "b")
