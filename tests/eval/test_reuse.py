@@ -23,3 +23,16 @@ def test_settings_compare_where_the_data_is_not_how_the_workspace_was_written(tm
         training_settings(load_workload(None, ["workspace=.", "data.root=shop", "finetune.preset=cebert"]))
         == here
     )
+
+
+def test_a_run_without_the_game_is_the_same_experiment_however_the_game_would_be_played():
+    """A hot-query row (no game) of a report that varies the game is the one its baseline report trained."""
+    plain = ["workspace=.", "finetune.adversarial.mode=none"]
+    here = training_settings(load_workload(None, plain))
+    for game in ("finetune.adversarial.disc_lr_schedule=encoder", "finetune.adversarial.weight=1.0"):
+        assert training_settings(load_workload(None, [*plain, game])) == here, game
+        played = ["workspace=.", "finetune.adversarial.mode=alternating"]
+        assert training_settings(load_workload(None, [*played, game])) != training_settings(
+            load_workload(None, played)
+        ), game
+    assert training_settings(load_workload(None, ["workspace=.", "finetune.adversarial.mode=grl"])) != here
