@@ -148,24 +148,23 @@ class PretrainTask(loop.Task):
     def after_step(self, step):
         return {f"weight_{k}": v for k, v in self.weights.items()}
 
-    def _heldout(self, step: int, log) -> dict:
+    def _heldout(self, step: int, log, label: str) -> dict:
+        """The held-out metrics, logged to MLflow at ``step`` and printed as a line (rank 0 only)."""
         res = evaluate(self.core, self.holdout, self.w, self.device)
         log.metrics(res, step, prefix="heldout_")
+        print(f"[pretrain] {label} held-out: " + " ".join(f"{k} {v:.4f}" for k, v in res.items()), flush=True)
         return res
 
     def on_start(self, step, log):
         if self.rank == 0 and step == 0:
-            first = self._heldout(0, log)
-            print("[pretrain] step 0 held-out: " + " ".join(f"{k} {v:.4f}" for k, v in first.items()))
+            self._heldout(0, log, "step 0")
 
     def on_step(self, step, log):
         if self.rank == 0 and self.w.pretrain.eval_every and step % self.w.pretrain.eval_every == 0:
-            self._heldout(step, log)
+            self._heldout(step, log, f"step {step}")
 
     def finish(self, step, log):
-        final = self._heldout(step, log) if self.rank == 0 else {}
-        if self.rank == 0:
-            print("[pretrain] final held-out: " + " ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        final = self._heldout(step, log, "final") if self.rank == 0 else {}
         return {"heldout": final}
 
     def write_model(self, d: Path) -> None:
