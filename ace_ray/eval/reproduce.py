@@ -285,8 +285,10 @@ def _figures(base: Workload, runs: dict, configs: dict, seeds: list[int], out: P
     first seed whose two runs both kept their evaluation directory here (a ledger entry carried over from another
     report keeps its figures there), and the game's reading on every such seed; or a line saying why they are not
     drawn."""
-    pair = {"without adversarial": "hot_query", "with adversarial": "adversarial"}
-    if not all(p in configs for p in pair.values()):
+    # Table 4's rows; a report of the game alone may name the adversarial row acebert (the same config).
+    rows = {"without adversarial": ("hot_query",), "with adversarial": ("adversarial", "acebert")}
+    pair = {label: next((p for p in names if p in configs), None) for label, names in rows.items()}
+    if None in pair.values():
         return []
     kept = {}
     for seed in seeds:
@@ -294,8 +296,9 @@ def _figures(base: Workload, runs: dict, configs: dict, seeds: list[int], out: P
         if all(r and (r["eval_dir"] / "embedding_map.png").is_file() for r in found.values()):
             kept[seed] = found
     if not kept:
-        why = ("Not drawn: no seed has both rows (`hot_query`, `adversarial`) trained with their evaluation "
-               "directories in this report (an entry carried over from another report keeps them there).")  # fmt: skip
+        why = (f"Not drawn: no seed has both rows (`{pair['without adversarial']}`, `{pair['with adversarial']}`) "
+               "trained with their evaluation directories in this report (an entry carried over from another "
+               "report keeps them there).")  # fmt: skip
         return [("Fig. 6 and 7: adversarial learning", why)]
     seed, found = next(iter(kept.items()))
     curves = {label: _curve(base, r, "main").rename(columns={"main": "loss"}) for label, r in found.items()}

@@ -227,6 +227,9 @@ def test_figures_come_from_the_first_seed_whose_two_runs_kept_their_evaluation_d
     assert note[1].startswith("Not drawn: no seed has both rows")
     no_adversarial_row = {"hot_query": ("h",)}
     assert reproduce_module._figures(None, runs, no_adversarial_row, [0, 1], out) == []
+    # A report of the game alone, its adversarial row under Table 1's name: the same reading.
+    named_acebert = {"hot_query": ("h",), "acebert": ("a",)}
+    assert reproduce_module._figures(None, runs, named_acebert, [0, 1, 2], out)[2] == (title, game)
 
 
 def test_a_row_is_a_preset_with_overrides():
