@@ -40,7 +40,7 @@ def training_settings(w: Workload) -> dict:
     """The flattened workload less ``IGNORED`` (and the game's settings in a run without the game), with its
     data paths made absolute: two runs with equal settings are the same experiment."""
     flat = {k: v for k, v in flatten(to_dict(w)).items() if not k.startswith(IGNORED)}
-    if flat["finetune.adversarial.mode"] == "none":  # no game: how it would be played changes nothing
+    if flat[f"{GAME}mode"] == "none":  # no game: how it would be played changes nothing
         flat = {k: v for k, v in flat.items() if not k.startswith(GAME) or k == f"{GAME}mode"}
     return flat | {k: str(w.path(flat[k])) for k in PATHS if flat.get(k)}
 
