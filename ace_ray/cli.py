@@ -31,7 +31,7 @@ Without RAY_ADDRESS a local Ray listening on 127.0.0.1 is started; with it, the 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", metavar="YAML", help="workload config file (default: built-in defaults)")
     p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. data.seed=3"
+        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. data.synth.seed=3"
     )
 
 

@@ -50,6 +50,32 @@ def test_presets_apply_beneath_user_overrides(capsys):
     assert "unknown preset 'acebrt'" in capsys.readouterr().err
 
 
+def test_a_workload_files_keys_win_over_its_own_preset(tmp_path, capsys):
+    from ace_ray.config import dump_config, with_overrides
+    from ace_ray.model.presets import load_with_preset
+
+    # A sweep's best.yaml is a whole workload naming its preset: the game it found must survive loading it.
+    best = tmp_path / "best.yaml"
+    best.write_text(
+        dump_config(with_overrides(load_with_preset(None, []), ["finetune.adversarial.mode=grl"]))
+    )
+    assert main(["config", "--workload", str(best)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["finetune"]["adversarial"]["mode"] == "grl"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("finetune: {preset: acebert}\nmodel: {pixels: false}\n")
+    assert main(["config", "--workload", str(mine)]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert not cfg["model"]["pixels"] and cfg["model"]["patches"]  # the file's key; the preset's elsewhere
+    # Another preset chosen on the command line wins over the file; the command line's keys over both.
+    assert (
+        main(["config", "--workload", str(best), "finetune.preset=twinbert", "finetune.hot_queries=true"])
+        == 0
+    )
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert not cfg["model"]["patches"] and cfg["finetune"]["adversarial"]["mode"] == "none"
+    assert cfg["finetune"]["hot_queries"]
+
+
 def _runs():
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
 

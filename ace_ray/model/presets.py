@@ -1,7 +1,8 @@
 """The paper's model variants as presets: named sets of config overrides on one model, not forks.
 
-A preset is applied under the user's own overrides (``key=value`` on the command line wins), so an
-ablation is a preset plus a switch. Table 1 rows: twinbert, fashionbert, cebert, acebert; Table 3 (image
+A preset is applied under the user's own settings (``key=value`` on the command line wins, and so does a key
+the workload file sets, unless the command line chose another preset than the file's), so an ablation is a
+preset plus a switch. Table 1 rows: twinbert, fashionbert, cebert, acebert; Table 3 (image
 input): patch, roi_patch, roi_patch_pixel; Table 4 (fine-tuning additions): none, hot_query, adversarial.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ace_ray.config import ConfigError, Workload, load_workload
+from ace_ray.config import ConfigError, Workload, flatten, load_workload, load_yaml
 
 _IMAGE = {
     "grid": ["data.features.roi=false", "model.patches=true", "model.pixels=false"],
@@ -47,6 +48,12 @@ def preset_overrides(name: str) -> list[str]:
 
 def load_with_preset(path: str | Path | None, overrides: list[str], preset: str | None = None) -> Workload:
     """The workload with a preset applied beneath ``overrides``: the preset named by ``preset``, else by
-    ``finetune.preset`` in the file or the overrides."""
+    ``finetune.preset`` in the file or the overrides. The keys the file sets win over its own preset (a file is a
+    whole: a sweep's ``best.yaml`` names its preset and the settings found beside it); a preset the command line
+    chooses instead of the file's wins over the file."""
     name = preset or load_workload(path, overrides).finetune.preset
-    return load_workload(path, [*preset_overrides(name), f"finetune.preset={name}", *overrides])
+    under = preset_overrides(name)
+    if path and name == load_workload(path).finetune.preset:
+        written = flatten(load_yaml(path))
+        under = [o for o in under if o.split("=", 1)[0] not in written]
+    return load_workload(path, [*under, f"finetune.preset={name}", *overrides])
