@@ -192,6 +192,15 @@ def build_towers(w, patch_dim: int, pixel_dim: int) -> TwoTower:
         enc = build_encoder(w.model, w.data.text.tokenizer, patch_dim, pixel_dim)
         return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion, ft.hot_queries_apart)
     enc, _, _ = load_model(w.path(ft.init_from))
+    _fine_tuning_dropout(enc, w.model.dropout)
+    differ = [
+        f"model.{k}={getattr(w.model, k)!r}"
+        for k in _ARCHITECTURE
+        if getattr(w.model, k) != getattr(enc.cfg, k)
+    ]
+    if differ:
+        print(f"[finetune] {', '.join(differ)}: no effect here; the towers are {ft.init_from}'s "
+              f"({', '.join(f'{k}={getattr(enc.cfg, k)!r}' for k in _ARCHITECTURE)})")  # fmt: skip
     hidden = enc.hidden
     if w.model.patches and (enc.patch_proj is None or enc.patch_dim != patch_dim):
         print(f"[finetune] {ft.init_from}: no patch projection for {patch_dim}-d features; starting one")
@@ -202,8 +211,23 @@ def build_towers(w, patch_dim: int, pixel_dim: int) -> TwoTower:
     enc.patch_proj = enc.patch_proj if w.model.patches else None
     enc.pixel_proj = enc.pixel_proj if w.model.pixels else None
     enc.patch_dim, enc.pixel_dim = patch_dim, pixel_dim
-    enc.cfg = dataclasses.replace(enc.cfg, patches=w.model.patches, pixels=w.model.pixels)
+    enc.cfg = dataclasses.replace(
+        enc.cfg, patches=w.model.patches, pixels=w.model.pixels, dropout=w.model.dropout
+    )
     return TwoTower(enc, ft.embed_dim, ft.pooling, ft.hot_queries, ft.fusion, ft.hot_queries_apart)
+
+
+# What a pretrained model decides for the towers that start from it (the workload's model.* say how to build one).
+_ARCHITECTURE = ("init", "layers", "size")
+
+
+def _fine_tuning_dropout(enc: CEBert, p: float) -> None:
+    """The workload's ``model.dropout`` on a loaded encoder (it was built with its pretraining's), kept in its
+    BERT config so that the saved towers say it too."""
+    for m in enc.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+    enc.bert.config.hidden_dropout_prob = enc.bert.config.attention_probs_dropout_prob = p
 
 
 def save_towers(towers: TwoTower, out, tokenizer_name: str, meta: dict) -> None:

@@ -140,3 +140,27 @@ def test_the_workload_key_builds_towers_with_the_hot_queries_apart():
     for value, hot, apart in (("true", "true", True), ("false", "true", False), ("true", "false", False)):
         w = load_workload(None, [*tiny, f"finetune.hot_queries_apart={value}", f"finetune.hot_queries={hot}"])
         assert build_towers(w, 12, 48).hot_apart is apart
+
+
+def test_towers_from_a_pretrained_model_fine_tune_with_the_workloads_dropout(tmp_path, capsys):
+    from ace_ray.config import load_workload
+    from ace_ray.model.encoder import save_model
+    from ace_ray.model.towers import build_towers
+
+    torch.manual_seed(0)
+    pretrained = ModelConfig(**{**vars(TINY), "dropout": 0.3})
+    save_model(build_encoder(pretrained, "minilm", 12, 48), None, tmp_path / "m", "minilm")
+    batch = _batch()
+
+    def towers(*overrides):
+        w = load_workload(None, [f"finetune.init_from={tmp_path / 'm'}", "model.layers=2", *overrides])
+        return build_towers(w, 12, 48).train()
+
+    for dropout, same in (("0.0", True), ("0.5", False)):
+        t = towers(f"model.dropout={dropout}")
+        a, b = t.encode_products(batch), t.encode_products(batch)
+        assert torch.allclose(a, b) is same  # in training mode: no dropout is no noise
+        assert t.encoder.bert.config.hidden_dropout_prob == float(dropout)
+    capsys.readouterr()
+    towers("model.layers=4")  # the architecture is the pretrained model's: said, not silently dropped
+    assert "model.layers=4: no effect here" in capsys.readouterr().out
