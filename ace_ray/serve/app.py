@@ -41,6 +41,10 @@ def build(args: dict | ServiceSettings) -> Application:
     of them (the newest is served); relative paths are relative to where ``serve run`` was started. The
     model defaults to the one the index was built from (its run); an index built for another model is
     refused here, before anything deploys."""
+    if isinstance(args, dict) and (misplaced := sorted({"name", "route_prefix"} & set(args))):
+        # Serve names and routes an application from its own entry; in its args they would do nothing.
+        raise SettingsError(f"{', '.join(misplaced)}: set on the application in the Serve config (beside "
+                            "import_path), not under its args")  # fmt: skip
     s = _settings(args)
     index = find(s.index)
     manifest = IndexManifest.read(index)

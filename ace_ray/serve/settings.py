@@ -115,6 +115,7 @@ class ServiceSettings:
     model: str = ""
     query_model: str = ""
     backend: str = "auto"  # query tower runtime: onnx, torch, or auto (ONNX Runtime when it loads)
+    # Started from Python (`ace-ray serve`, tests); a Serve config file sets them on the application instead.
     name: str = "search"
     route_prefix: str = "/"
     torch_threads: int = 1  # per QueryEncoder replica; fractional-CPU actors default to 1 anyway
