@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +61,14 @@ class FeatureManifest:
     pixel_patch: int
     patch_dtype: str = np.dtype(PATCH_DTYPE).name
     code_version: int = FEATURE_CODE_VERSION
+    # The image-decoding settings that differ from their defaults (``decode_settings``): other features.
+    decode: dict = field(default_factory=dict)
 
     @property
     def version(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        # Default decoding leaves the field out, so stores made before it existed keep their names.
+        blob = json.dumps({k: v for k, v in asdict(self).items() if k != "decode" or v}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
     def patches(self) -> int:
@@ -188,15 +191,31 @@ def latest(root: str | Path, roi: bool | None = None) -> FeatureStore:
 _SETTINGS = ("backbone", "roi", "grid", "cnn_input", "pixel_size", "pixel_patch")
 
 
+def decode_settings(cfg) -> dict:
+    """The settings of ``data.features`` (a ``FeaturesConfig``) that decide how images are decoded and cropped
+    (``max_side``, ``min_side``, and ``roi_params.*`` for RoI features) where they differ from the defaults."""
+    from ace_ray.config import FeaturesConfig
+
+    def flat(c) -> dict:
+        roi = {f"roi_params.{k}": v for k, v in asdict(c.roi_params).items()} if cfg.roi else {}
+        return {"max_side": c.max_side, "min_side": c.min_side, **roi}
+
+    default = flat(FeaturesConfig())
+    return {k: v for k, v in flat(cfg).items() if v != default[k]}
+
+
 def for_workload(w) -> FeatureStore:
     """The feature store a workload trains on, under ``data.features.out`` (default
     ``<data.root>/features``): the finished one whose manifest matches every ``data.features`` setting it
-    records (backbone, roi, grid, cnn_input, pixel_size, pixel_patch) and this code's feature version, made
+    records (backbone, roi, grid, cnn_input, pixel_size, pixel_patch, the decoding) and this code's feature version, made
     from the catalogue's products file as it is now. None, or more than one (the same settings with other
     weights), is an error that names the fields."""
     cfg = w.data.features
     root = w.path(cfg.out) if cfg.out else w.path(w.data.root) / "features"
-    want = {k: getattr(cfg, k) for k in _SETTINGS} | {"code_version": FEATURE_CODE_VERSION}
+    want = {k: getattr(cfg, k) for k in _SETTINGS} | {
+        "decode": decode_settings(cfg),
+        "code_version": FEATURE_CODE_VERSION,
+    }
     stores = [
         FeatureStore(m.parent) for m in sorted(Path(root).glob(f"*/{MANIFEST}")) if is_complete(m.parent)
     ]

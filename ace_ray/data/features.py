@@ -90,6 +90,7 @@ def manifest_for(cfg: FeaturesConfig) -> fs.FeatureManifest:
     return fs.FeatureManifest(
         backbone=cfg.backbone, weights_sha256=b.weights_sha256, roi=cfg.roi, grid=cfg.grid,
         feature_dim=b.dim, cnn_input=cfg.cnn_input, pixel_size=cfg.pixel_size, pixel_patch=cfg.pixel_patch,
+        decode=fs.decode_settings(cfg),
     )  # fmt: skip
 
 

@@ -55,3 +55,32 @@ def test_features_of_an_older_catalogue_are_not_taken(featurised_shop, tmp_path)
     products.to_parquet(copy / "products.parquet")
     with pytest.raises(fs.NoMatchingStore, match="made from another products.parquet"):
         fs.for_workload(same)
+
+
+def test_features_decoded_or_cropped_otherwise_are_other_features(featurised_shop, tmp_path):
+    w, root, store = featurised_shop
+    out = tmp_path / "features"
+    mine = json.loads((store.path / fs.MANIFEST).read_text())
+    # A store written before the manifest recorded the decoding (default decoding) keeps its name and is found.
+    old = {k: v for k, v in mine.items() if k != "decode"}
+    assert not mine["decode"] and fs.FeatureManifest(**old).version == store.path.name
+    shutil.copytree(store.path, out / store.path.name)
+    (out / store.path.name / fs.MANIFEST).write_text(json.dumps(old))
+    # Features cropped with another RoI blur are another store; each workload takes its own.
+    blurred = mine | {"decode": {"roi_params.blur": 7}}
+    version = fs.FeatureManifest(**blurred).version
+    assert version != store.path.name
+    shutil.copytree(store.path, out / version)
+    (out / version / fs.MANIFEST).write_text(json.dumps(blurred))
+    w = with_overrides(w, [f"data.features.out={out}"])
+    assert fs.for_workload(w).path.name == store.path.name
+    assert fs.for_workload(with_overrides(w, ["data.features.roi_params.blur=7"])).path.name == version
+    with pytest.raises(fs.NoMatchingStore, match=r"decode: store has \{.*\}, workload \{'max_side': 512\}"):
+        fs.for_workload(with_overrides(w, ["data.features.max_side=512"]))
+    # Whole-image features crop nothing: the RoI settings are not theirs.
+    assert (
+        fs.decode_settings(
+            with_overrides(w, ["data.features.roi=false", "data.features.roi_params.blur=7"]).data.features
+        )
+        == {}
+    )
