@@ -34,6 +34,8 @@ from ace_ray.train.pretrain import run_pretrain
 
 _SLUG = re.compile(r"[^\w.=-]+")  # a row's name as a directory name
 PRETRAIN_KEYS = ("data.features.roi", "model.patches", "model.pixels", "pretrain.adaptive")
+# Settings no pretraining reads: a row's own override of one of these shares its image input's pretraining.
+FINETUNE_ONLY = ("finetune.", "eval.", "reproduce.")
 
 
 def _features(w: Workload) -> fs.FeatureStore:
@@ -110,7 +112,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
     for preset in presets:
         w = with_overrides(base, [*configs[preset], f"finetune.preset={preset.split()[0]}"])
         # TwinBERT starts from model.init; every other row from the pretraining of its image input.
-        pkey = None if w.finetune.preset == "twinbert" else tuple(str(_dotted(w, k)) for k in PRETRAIN_KEYS)
+        pkey = pretrain_key(w, preset)
         pkeys[preset] = pkey
         for seed in cfg.seeds:
             key = (configs[preset], seed)
@@ -126,9 +128,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
                     _features(w)  # built here if this is the first row of its kind on this catalogue
                     if pkey is not None:
                         if pkey not in pretrained:
-                            print(
-                                f"\n[reproduce] pretraining for {dict(zip(PRETRAIN_KEYS, pkey, strict=True))}"
-                            )
+                            print(f"\n[reproduce] pretraining for {_pretraining(pkey)}")
                             ledger.add_pretrain(pkey, run_pretrain(w)["model_dir"])
                         ws = with_overrides(ws, [f"finetune.init_from={pretrained[pkey]}"])
                     print(
@@ -243,7 +243,7 @@ def _provenance_note(used: list[tuple[tuple | None, dict]]) -> str:
     for pkey, counts in inits.items():
         if len(counts) > 1:
             each = "; ".join(f"{n} from `{init}`" for init, n in counts.items())
-            note += (f" The rows with {dict(zip(PRETRAIN_KEYS, pkey, strict=True))} started from {len(counts)} "
+            note += (f" The rows with {_pretraining(pkey)} started from {len(counts)} "
                      f"different pretrainings (done again on resuming where the model was gone): {each}.")  # fmt: skip
     return note
 
@@ -256,6 +256,23 @@ def row_overrides(row: str) -> tuple[str, ...]:
     if bad:
         raise ConfigError(f"reproduce.tables: row {row!r}: {bad[0]!r} is not key=value")
     return (*preset_overrides(name), *extra)
+
+
+def pretrain_key(w: Workload, row: str) -> tuple[str, ...] | None:
+    """What a row's pretraining is shared by: its image input and loss weighting (``PRETRAIN_KEYS``), then the
+    row's own overrides that a pretraining may read (``"acebert pretrain.mlm_prob=0.3"`` pretrains apart).
+    None for TwinBERT, which starts from ``model.init``. A plain preset row keeps the key it always had."""
+    if w.finetune.preset == "twinbert":
+        return None
+    own = [e for e in row.split()[1:] if not e.startswith(FINETUNE_ONLY)]
+    return (*(str(_dotted(w, k)) for k in PRETRAIN_KEYS), *own)
+
+
+def _pretraining(pkey: tuple) -> str:
+    """A pretraining's key as the report and the log name it."""
+    n = len(PRETRAIN_KEYS)
+    own = " ".join(pkey[n:])
+    return str(dict(zip(PRETRAIN_KEYS, pkey[:n], strict=True))) + (f" and {own}" if own else "")
 
 
 def _dotted(obj, dotted: str):

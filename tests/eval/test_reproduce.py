@@ -119,19 +119,25 @@ def test_reproduce_writes_the_report_and_resumes_training_only_what_is_missing(f
     lines = (old / "runs.jsonl").read_text().splitlines(keepends=True)
     (old / "runs.jsonl").write_text("".join(x for x in lines if '"kind": "trained"' not in x))
     kept = {p: p.read_bytes() for p in old.iterdir() if p.is_file()}
-    gamma = "adversarial finetune.gamma=10"
-    tables = f'reproduce.tables={{"Table 4": [hot_query, adversarial], "Levers": [{gamma}]}}'
+    # A row's own pretraining setting pretrains apart (it would do nothing on a shared pretraining).
+    gamma, mlm = "adversarial finetune.gamma=10", "adversarial pretrain.mlm_prob=0.3"
+    tables = f'reproduce.tables={{"Table 4": [hot_query, adversarial], "Levers": [{gamma}, {mlm}]}}'
     assert main(["reproduce", "--workload", str(tmp_path / "w.yaml"), "--reuse", str(old), tables]) == 0
     (new,) = [d for d in (tmp_path / "reports").iterdir() if d != out]
-    assert _stages(w).count("pretrain") == 1 and _stages(w).count("finetune") == 4
+    assert _stages(w).count("pretrain") == 2 and _stages(w).count("finetune") == 5
     third = pd.read_csv(new / "results.csv").set_index("method")
     for method in ("hot_query", "adversarial"):  # the same models, evaluated again: the same figures
         assert third.loc[method, "run_id"] == by_method.loc[method, "run_id"]
         assert third.loc[method, "recall@100"] == pytest.approx(by_method.loc[method, "recall@100"])
     params = client.get_run(third.loc[gamma, "run_id"]).data.params
     assert params["finetune.init_from"] == Ledger(old).pretrained[("True", "True", "True", "False")]
+    own = Ledger(new).pretrained[("True", "True", "True", "False", "pretrain.mlm_prob=0.3")]
+    assert client.get_run(third.loc[mlm, "run_id"]).data.params["finetune.init_from"] == own
+    exp = client.get_experiment_by_name(w.tracking.experiment).experiment_id
+    pretrainings = client.search_runs([exp], "tags.stage = 'pretrain'")
+    assert sorted(r.data.params["pretrain.mlm_prob"] for r in pretrainings) == ["0.15", "0.3"]
     text = (new / "report.md").read_text()
-    assert "2 of the 3 fine-tunings were trained for other reports with the same settings" in text
+    assert "2 of the 4 fine-tunings were trained for other reports with the same settings" in text
     assert f"`{old}` (2)" in text
     after = {p: p.read_bytes() for p in old.iterdir() if p.is_file()}
     assert after == kept  # the other report is read, never written
