@@ -30,18 +30,22 @@ IGNORED = (
     "eval.baselines",
 )
 GAME = "finetune.adversarial."
+PRETRAIN = "pretrain."
 PATHS = (
     "data.root",
     "data.features.out",
 )  # relative to the workspace: "." and its absolute path are one place
 
 
-def training_settings(w: Workload) -> dict:
-    """The flattened workload less ``IGNORED`` (and the game's settings in a run without the game), with its
-    data paths made absolute: two runs with equal settings are the same experiment."""
+def training_settings(w: Workload, pretrained: bool = True) -> dict:
+    """The flattened workload less ``IGNORED`` (and the game's settings in a run without the game, the
+    pretraining's in a run that started from none), with its data paths made absolute: two runs with equal
+    settings are the same experiment."""
     flat = {k: v for k, v in flatten(to_dict(w)).items() if not k.startswith(IGNORED)}
     if flat[f"{GAME}mode"] == "none":  # no game: how it would be played changes nothing
         flat = {k: v for k, v in flat.items() if not k.startswith(GAME) or k == f"{GAME}mode"}
+    if not pretrained:  # TwinBERT starts from model.init: a report that varies the pretraining shares it
+        flat = {k: v for k, v in flat.items() if not k.startswith(PRETRAIN)}
     return flat | {k: str(w.path(flat[k])) for k in PATHS if flat.get(k)}
 
 
@@ -73,7 +77,10 @@ def candidates(sources: list[str | Path], w: Workload) -> list[Candidate]:
                     f"[reproduce] reuse: {src}: run {run_id} is not in {tracking.tracking_uri(w)} ({exc}); skipped"
                 )
                 continue
-            found.append(Candidate(src, run_id, model_dir, ran.finetune.init_from, training_settings(ran)))
+            init = ran.finetune.init_from
+            found.append(
+                Candidate(src, run_id, model_dir, init, training_settings(ran, pretrained=bool(init)))
+            )
     return found
 
 
@@ -81,7 +88,8 @@ def match(wanted: Workload, pretrained: str | None, found: list[Candidate]) -> t
     """The candidate that ran ``wanted``'s settings from a pretraining this report may share, and why not
     when none did. ``pretrained``: this report's pretraining for the row's image input (None if it has none
     yet, then the candidate's is adopted); a TwinBERT row (no ``init_from``) needs a candidate without one."""
-    settings, twin = training_settings(wanted), wanted.finetune.preset == "twinbert"
+    twin = wanted.finetune.preset == "twinbert"
+    settings = training_settings(wanted, pretrained=not twin)
     same = [c for c in found if c.settings == settings]
     if not same:
         return None, "no recorded run has these settings"

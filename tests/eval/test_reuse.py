@@ -36,3 +36,25 @@ def test_a_run_without_the_game_is_the_same_experiment_however_the_game_would_be
             load_workload(None, played)
         ), game
     assert training_settings(load_workload(None, ["workspace=.", "finetune.adversarial.mode=grl"])) != here
+
+
+def test_a_twinbert_run_is_the_same_experiment_whatever_the_pretraining_it_never_read():
+    """A report that varies the pretraining takes its TwinBERT row from its baseline report; the image rows
+    it trains again."""
+    from pathlib import Path
+
+    from ace_ray.eval.reuse import Candidate, match
+
+    def candidate(preset, *extra, init=None):
+        w = load_workload(None, ["workspace=.", f"finetune.preset={preset}", *extra])
+        return w, Candidate(Path("base"), preset, None, init, training_settings(w, pretrained=bool(init)))
+
+    longer = "pretrain.train.max_steps=600"
+    twin, c = candidate("twinbert", "model.patches=false", "model.pixels=false")
+    wanted = load_workload(None, ["workspace=.", "finetune.preset=twinbert", "model.patches=false",
+                                  "model.pixels=false", longer])  # fmt: skip
+    assert match(wanted, None, [c]) == (c, "")
+    _, image = candidate("cebert", init=str(Path(__file__).parent))
+    assert match(load_workload(None, ["workspace=.", "finetune.preset=cebert"]), None, [image]) == (image, "")
+    got, why = match(load_workload(None, ["workspace=.", "finetune.preset=cebert", longer]), None, [image])
+    assert got is None and why == "no recorded run has these settings"
