@@ -1,4 +1,6 @@
-"""`ace-ray serve` as an operator runs it: its own process, joined to a running Ray (as a job on a cluster is),
+"""`ace-ray serve` and `serve run serve_apps/search.yaml` as an operator runs them.
+
+`ace-ray serve`: its own process, joined to a running Ray (as a job on a cluster is),
 on the port it is given. It answers /search, and SIGTERM (`kill`, and what `ray job stop` sends a job) shuts
 the service down before the command ends, as Ctrl-C does: Serve's applications are detached, so one left
 behind would keep answering on the cluster after its command is gone.
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from ray import serve
 
 from tests.serve.conftest import free_port
@@ -58,4 +61,45 @@ def test_the_serve_command_answers_and_stops_on_sigterm(served_model, built_inde
             proc.kill()
             proc.wait(timeout=30)
         if serve.status().applications:  # left by a failure above: its replicas would hold the suite's CPUs
+            serve.shutdown()
+
+
+def test_serve_run_deploys_the_shipped_config_and_ctrl_c_takes_it_down(served_model, built_index, tmp_path,
+                                                                        ray_join_env):  # fmt: skip
+    """The README's other way to start the service: Serve's own command on the shipped config file, with the
+    operator's index, model and port written into it."""
+    _, _, _, model = served_model
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "serve_apps" / "search.yaml").read_text())
+    port = free_port()
+    cfg["http_options"]["port"] = port
+    cfg["applications"][0]["args"] |= {"index": str(built_index), "model": str(model)}
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "serve_run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(config)], env=ray_join_env,
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or the application still deploying
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("not up within 300 s:\n" + log.read_text()[-3000:])
+        r = requests.post(f"{url}/search", json={"query": "dress", "k": 5}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["results"]) == 5, r.text
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(timeout=120)
+        assert not serve.status().applications, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if serve.status().applications:
             serve.shutdown()
