@@ -40,11 +40,15 @@ def test_cli_parses_index_serve_and_register():
 
 
 @pytest.mark.ray
-def test_cli_index_command_logs_the_index_to_mlflow(served_model, tmp_path):
+def test_cli_index_command_logs_the_index_to_mlflow(served_model, tmp_path, monkeypatch):
     import mlflow
 
+    from ace_ray import tracking
     from ace_ray.cli import main
+    from ace_ray.config import with_overrides
+    from ace_ray.serve.app import build
     from ace_ray.serve.index_dir import IndexManifest, find
+    from ace_ray.serve.settings import ServiceSettings
     from tests.conftest import SHOP_FEATURES
 
     w, root, _, model = served_model
@@ -69,3 +73,14 @@ def test_cli_index_command_logs_the_index_to_mlflow(served_model, tmp_path):
     assert len(runs) == 1 and runs[0].data.metrics["products"] == m.products
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, f"index/{m.version}")}
     assert f"index/{m.version}/manifest.json" in names and f"index/{m.version}/index.faiss" in names
+    # `index --run`: the model as a fine-tuning logs it; the index goes into that run, and a service that names
+    # no model serves the index's run's (its weights checked against the index).
+    monkeypatch.setenv("ACE_RAY_MODEL_CACHE", str(tmp_path / "cache"))
+    with tracking.start_run(with_overrides(w, [f"tracking.uri={uri}"]), "finetune") as run:
+        tracking.log_artifacts(model, "model")
+    assert main(["index", "--run", run.info.run_id, "--out", str(tmp_path / "idx3"), *args]) == 0
+    built = find(tmp_path / "idx3")
+    assert IndexManifest.read(built).model_run_id == run.info.run_id
+    logged = mlflow.MlflowClient().list_artifacts(run.info.run_id, "index")
+    assert [a.path for a in logged] == [f"index/{built.name}"]
+    build(ServiceSettings(index=str(built), tracking_uri=uri))
