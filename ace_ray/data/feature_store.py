@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ace_ray.config import FeaturesConfig
+
 # Bump when the features a given config produces change (RoI, cropping, pooling, pixel layout).
 FEATURE_CODE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -191,10 +193,9 @@ def latest(root: str | Path, roi: bool | None = None) -> FeatureStore:
 _SETTINGS = ("backbone", "roi", "grid", "cnn_input", "pixel_size", "pixel_patch")
 
 
-def decode_settings(cfg) -> dict:
+def decode_settings(cfg: FeaturesConfig) -> dict:
     """The settings of ``data.features`` (a ``FeaturesConfig``) that decide how images are decoded and cropped
     (``max_side``, ``min_side``, and ``roi_params.*`` for RoI features) where they differ from the defaults."""
-    from ace_ray.config import FeaturesConfig
 
     def flat(c) -> dict:
         roi = {f"roi_params.{k}": v for k, v in asdict(c.roi_params).items()} if cfg.roi else {}
