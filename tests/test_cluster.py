@@ -10,6 +10,8 @@ and state APIs, MLflow): this process never joins that cluster, so the suite's s
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +39,13 @@ def _cluster(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def _listed_nodes(d: Path) -> set[str]:
+    """The node ids (first 12 characters) `local_cluster.py status` lists; it must exit 0 (all up)."""
+    shown = _cluster("status", "--dir", str(d), timeout=60)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return set(re.findall(r"^node (\w+)", shown.stdout, re.M))
 
 
 def _get(url: str):
@@ -80,6 +89,13 @@ def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp
         state = json.loads((d / "cluster.json").read_text())
         dash, head, node2 = state["dashboard"], state["head_node_id"], state["worker_node_id"]
         t_up = time.time() - t0
+        # As the README has it: `eval "$(local_cluster.py env --dir D)"`, then `ray job submit` takes its address
+        # from RAY_ADDRESS; `local_cluster.py status` lists both nodes.
+        exported = _cluster("env", "--dir", str(d))
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        user_env = os.environ | dict(re.findall(r"^export (\w+)=(\S+)", exported.stdout, re.M))
+        assert (user_env["RAY_ADDRESS"], user_env["MLFLOW_TRACKING_URI"]) == (dash, state["mlflow_uri"])
+        assert _listed_nodes(d) == {head[:12], node2[:12]}
         job = "pretrain-on-two-nodes"
         # No tracking.uri: the job takes the cluster's MLFLOW_TRACKING_URI, the server.
         cmd = ["ace-ray", "pretrain", f"workspace={shared}", f"data.root={shop}", "data.test_days=1",
@@ -87,8 +103,8 @@ def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp
                "pretrain.train.workers=2", "pretrain.train.placement=SPREAD", "pretrain.train.batch_size=16",
                f"pretrain.train.max_steps={STEPS}", f"pretrain.train.checkpoint_every={EVERY}",
                "pretrain.train.log_every=4", "pretrain.train.warmup_steps=2", "pretrain.train.max_failures=1"]  # fmt: skip
-        submitted = subprocess.run([_exe("ray"), "job", "submit", "--address", dash, "--submission-id", job,
-                                    "--no-wait", "--", *cmd], capture_output=True, text=True, timeout=120)  # fmt: skip
+        submitted = subprocess.run([_exe("ray"), "job", "submit", "--submission-id", job, "--no-wait", "--", *cmd],
+                                   capture_output=True, text=True, timeout=120, env=user_env)  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr[-3000:]
 
         # Stop the second node once Ray Train has registered the first checkpoint (every rank reported it):
@@ -102,6 +118,7 @@ def test_a_job_on_a_two_node_cluster_survives_losing_a_node(featurised_shop, tmp
         t_ckpt = time.time() - t0
         stopped = _cluster("stop-worker", "--dir", str(d), timeout=120)
         assert stopped.returncode == 0, stopped.stderr[-3000:]
+        assert _listed_nodes(d) == {head[:12]}
         _wait("the job's end", lambda: _job_status(dash, job) not in ("PENDING", "RUNNING"), timeout=900)
         logs = _job_logs(dash, job)
         assert _job_status(dash, job) == "SUCCEEDED", logs[-5000:]

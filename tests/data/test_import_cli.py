@@ -307,3 +307,19 @@ def test_hide_in_title_takes_an_attribute_out_of_every_title(tmp_path, ray_sessi
     assert _import(tmp_path, shop / "products.csv", shop / "images", tmp_path / "out2", "--attr-cols", "colour",
                    "--hide-in-title", "brand") == 2  # fmt: skip
     assert "data.synth.hide_in_title: no attribute column(s) brand" in capsys.readouterr().err
+
+
+def test_category_path_column_is_kept_and_a_missing_path_is_the_category(tmp_path, ray_session, capsys):
+    shop = _shop(tmp_path, n=3)
+    table = pd.read_csv(shop / "products.csv")
+    table["path"] = ["kitchen/drinkware/mug", "", "garden/mug"]
+    table.to_csv(shop / "products.csv", index=False)
+    out = tmp_path / "out"
+    assert _import(tmp_path, shop / "products.csv", shop / "images", out, "--category-path-col", "path",
+                   "--impressions", shop / "clicks.csv") == 0, capsys.readouterr().err  # fmt: skip
+    products = read_products(out)
+    assert products["category_path"].tolist() == ["kitchen/drinkware/mug", "mug", "garden/mug"]
+    assert main(["validate", str(out), "--strict"]) == 0
+    assert _import(tmp_path, shop / "products.csv", shop / "images", tmp_path / "out2",
+                   "--category-path-col", "aisle") == 2  # fmt: skip
+    assert "no column(s) aisle" in capsys.readouterr().err

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from ace_ray.cli import main
+from ace_ray.serve.index_dir import model_hash
+from ace_ray.serve.models import resolve_model
 from tests.conftest import SHOP_FEATURES, checkpoint_registered, train_worker_processes
 
 pytestmark = pytest.mark.ray
@@ -59,12 +61,14 @@ def _run_id(name: str) -> str:
 
 
 def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights(
-    featurised_shop, tmp_path, ray_join_env
+    featurised_shop, tmp_path, ray_join_env, monkeypatch
 ):
     shop = featurised_shop[1]
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv("ACE_RAY_MODEL_CACHE", str(tmp_path / "model_cache"))
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    assert main(_args(shop, unbroken)) == 0
+    # The unbroken run is also registered, as the README ships a model: `finetune --register NAME`.
+    assert main(["finetune", "--register", "shop", *_args(shop, unbroken)[1:]]) == 0
 
     # The same command in its own process (joining the session's Ray), stopped with Ctrl-C once its first
     # checkpoint is registered. Its workers outlive the driver by a second or two (the session's Ray ends them
@@ -104,6 +108,9 @@ def test_an_interrupted_cli_run_resumes_to_the_unbroken_runs_batches_and_weights
         assert _latest(interrupted, key) == _latest(good, key), key  # exactly the same batches, step by step
     assert _latest(interrupted, "disc_steps")[STEPS] == _latest(good, "disc_steps")[STEPS] == STEPS // 2
     a, b = _final_model(good, tmp_path / "a"), _final_model(interrupted, tmp_path / "b")
+    # What `serve --model models:/shop@candidate` serves: the unbroken run's model.
+    registered, run_id = resolve_model("models:/shop@candidate")
+    assert run_id == good and model_hash(registered) == model_hash(tmp_path / "a" / "model")
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst < 1e-5, worst

@@ -27,7 +27,7 @@ class ColumnMap:
     title: str
     category: str
     image: str
-    category_path: str | None = None  # default: the category itself
+    category_path: str | None = None  # default (and for a row without one): the category itself
     attributes: list[str] = field(default_factory=list)  # used by the simulated click log and kept as columns
 
 
@@ -41,12 +41,14 @@ def to_products(table: pd.DataFrame, cols: ColumnMap, file: str) -> pd.DataFrame
             f"{file}: no column(s) {', '.join(missing)} (has: {', '.join(map(str, table.columns))})"
         )
     category = clean_attribute(table[cols.category])
+    # A product without a path is filed under its category alone, as when no path column is mapped.
+    path = clean_attribute(table[cols.category_path]).fillna(category) if cols.category_path else category
     products = pd.DataFrame(
         {
             "product_id": normalise_ids(table[cols.id], file, cols.id),
             "title": table[cols.title].astype("string").str.strip().astype(object),
             "category": category,
-            "category_path": clean_attribute(table[cols.category_path]) if cols.category_path else category,
+            "category_path": path,
             "image_path": table[cols.image],  # bring_images makes these the contract's paths
         }
     )
