@@ -1,6 +1,7 @@
 """Resume as a user does it: a fine-tuning started with `ace-ray finetune` is interrupted (Ctrl-C) after a
 checkpoint and continued with `ace-ray finetune --resume RUN`. The resumed run consumes exactly the batches
-of an unbroken run on both workers (the logged batch fingerprints), and ends with the same weights."""
+of an unbroken run on both workers (the logged batch fingerprints), and ends with the same weights. The unbroken
+run is registered with `--register`, and `models:/NAME@candidate` resolves to its model."""
 
 import contextlib
 import os
