@@ -24,7 +24,7 @@ from ace_ray import tracking
 from ace_ray.config import ConfigError, Workload, with_overrides
 from ace_ray.data import feature_store as fs
 from ace_ray.data.features import build_features
-from ace_ray.eval import report, reuse
+from ace_ray.eval import margins, report, reuse
 from ace_ray.eval.evaluate import SUMMARY, run_evaluation
 from ace_ray.eval.ledger import Ledger
 from ace_ray.model.presets import preset_overrides
@@ -36,6 +36,7 @@ _SLUG = re.compile(r"[^\w.=-]+")  # a row's name as a directory name
 PRETRAIN_KEYS = ("data.features.roi", "model.patches", "model.pixels", "pretrain.adaptive")
 # Settings no pretraining reads: a row's own override of one of these shares its image input's pretraining.
 FINETUNE_ONLY = ("finetune.", "eval.", "reproduce.")
+TEXT_ONLY = "twinbert"  # what the photo, the hot queries and the game have to beat (issue 16)
 
 
 def _features(w: Workload) -> fs.FeatureStore:
@@ -182,6 +183,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         sections.append(
             (title, report.seed_table(part, ["method"], metrics) + "\n\n" + _regressions(part, table_rows))
         )
+    sections += _against_text_only(results, presets, configs)
     sections += _figures(base, runs, configs, list(cfg.seeds), out)
     path = report.write_report(out / "report.md", f"ACE-BERT reproduction: {base.name}", sections)
     with tracking.start_run(base, "reproduce", tags={"stage": "reproduce"}):
@@ -295,6 +297,16 @@ def _regressions(part: pd.DataFrame, table_rows: list[str]) -> str:
                 notes.append(f"- {row} does not beat {above} on {m[:-5]} ({means.loc[row, m]:.4f} vs "
                              f"{means.loc[above, m]:.4f}).")  # fmt: skip
     return "\n".join(notes) if notes else "Every row beats the row above it on Recall@100 and GAUC."
+
+
+def _against_text_only(results: pd.DataFrame, presets: list[str], configs: dict) -> list[tuple[str, str]]:
+    """The section comparing each trained config with TwinBERT seed for seed (``margins``), each config once
+    under its first name (Table 4's "adversarial" is Table 1's acebert); none without a TwinBERT row."""
+    first: dict[tuple, str] = {}
+    for p in presets:
+        first.setdefault(configs[p], p)
+    text = margins.margins_section(results, list(first.values()), TEXT_ONLY)
+    return [(f"Against the text-only preset ({TEXT_ONLY})", text)] if text else []
 
 
 def _figures(base: Workload, runs: dict, configs: dict, seeds: list[int], out: Path) -> list[tuple[str, str]]:
