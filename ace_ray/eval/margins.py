@@ -47,7 +47,7 @@ def reading(c: dict) -> str:
     )
     if math.isnan(c["spread"]):
         return f"{head}; one seed, no spread"
-    side = "ahead" if c["difference"] > 0 else "behind"
+    side = "ahead" if c["difference"] > 0 else "behind" if c["difference"] < 0 else "level"
     if abs(c["difference"]) > c["spread"]:
         return f"{head}; **{side} by more than the spread** ({c['spread']:.4f})"
     return f"{head}; {side} within the spread ({c['spread']:.4f})"

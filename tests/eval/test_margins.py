@@ -43,6 +43,10 @@ def test_reading_says_whether_the_lead_is_larger_than_the_spread():
     assert cold == "+0.0233 (1.05x), ahead on 2 of 3 seeds; ahead within the spread (0.0265)"
     assert reading(compare(r, "cebert", "twinbert", "recall@100")).endswith("one seed, no spread")
     assert reading(compare(r, "nothing", "twinbert", "recall@100")) == "–"
+    same = pd.concat([r, r[r["method"] == "twinbert"].assign(method="copy")])
+    assert reading(compare(same, "copy", "twinbert", "recall@100")).endswith(
+        "level within the spread (0.0000)"
+    )
 
 
 def test_the_section_has_a_line_per_trained_row_and_none_without_the_reference():
