@@ -26,7 +26,7 @@ def compare(results: pd.DataFrame, row: str, reference: str, metric: str) -> dic
     seeds = sorted(set(a.index) & set(b.index))
     a, b = a.loc[seeds].astype(float), b.loc[seeds].astype(float)
     spread = max(a.std(ddof=1), b.std(ddof=1)) if len(seeds) > 1 else math.nan
-    mean_a, mean_b = (x.mean() if seeds else math.nan for x in (a, b))
+    mean_a, mean_b = a.mean(), b.mean()  # NaN with no common seed
     return {
         "seeds": seeds,
         "mean": mean_a,
@@ -62,9 +62,9 @@ def margins_section(results: pd.DataFrame, rows: list[str], reference: str) -> s
     metrics = [m for m in METRICS if m in results.columns]
     lines = []
     for row in dict.fromkeys(r for r in rows if r in methods and r != reference):
-        cells = {m: reading(compare(results, row, reference, m)) for m in metrics}
-        seeds = compare(results, row, reference, metrics[0])["seeds"]
-        lines.append({"method": row, "seeds": ", ".join(map(str, seeds)) or report.MISSING, **cells})
+        each = {m: compare(results, row, reference, m) for m in metrics}
+        seeds = ", ".join(map(str, each[metrics[0]]["seeds"])) or report.MISSING
+        lines.append({"method": row, "seeds": seeds, **{m: reading(c) for m, c in each.items()}})
     if not lines:
         return ""
     return (
