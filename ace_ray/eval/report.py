@@ -141,13 +141,15 @@ def seed_table(
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def _new_figure(size: tuple[float, float]) -> Figure:
+def new_figure(size: tuple[float, float]) -> Figure:
+    """A figure of ``size`` inches on its own Agg canvas (pyplot's global state untouched)."""
     fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """``fig`` as a PNG at ``path`` (its folder made); the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI, format="png")
@@ -179,7 +181,7 @@ def plot_curves(
     raw one faintly behind it in the same colour; None draws the raw curve only. Curves with no usable
     points (empty, missing columns or all NaN) are skipped and named "(no data)" in the legend.
     """
-    fig = _new_figure((7.0, 4.5))
+    fig = new_figure((7.0, 4.5))
     ax = fig.add_subplot()
     # One explicit colour per curve so the faint raw line and its smoothed line match.
     cycle = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color") or ["C0"]
@@ -204,7 +206,7 @@ def plot_curves(
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="best", fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _curve_points(frame: pd.DataFrame | None, x: str, y: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -323,7 +325,7 @@ def plot_embedding_map(
     palette = _palette(len(top))
     colour_of = {lab: palette[i % len(palette)] for i, lab in enumerate(top)}
 
-    fig = _new_figure((9.0, 6.0))
+    fig = new_figure((9.0, 6.0))
     ax = fig.add_subplot()
     # "other" first so the coloured categories stay visible on top of it.
     for lab in [None, *top]:
@@ -354,7 +356,7 @@ def plot_embedding_map(
     ]
     fig.legend(handles=kind_handles, loc="outside right upper", fontsize="small")
     fig.legend(handles=cat_handles, loc="outside right lower", fontsize="small", title="category")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _palette(k: int) -> list[Any]:

@@ -183,7 +183,7 @@ def reproduce(base: Workload, command: str | None = None) -> Path:
         sections.append(
             (title, report.seed_table(part, ["method"], metrics) + "\n\n" + _regressions(part, table_rows))
         )
-    sections += _against_text_only(results, presets, configs)
+    sections += _against_text_only(results, presets, configs, out)
     sections += _figures(base, runs, configs, list(cfg.seeds), out)
     path = report.write_report(out / "report.md", f"ACE-BERT reproduction: {base.name}", sections)
     with tracking.start_run(base, "reproduce", tags={"stage": "reproduce"}):
@@ -299,14 +299,21 @@ def _regressions(part: pd.DataFrame, table_rows: list[str]) -> str:
     return "\n".join(notes) if notes else "Every row beats the row above it on Recall@100 and GAUC."
 
 
-def _against_text_only(results: pd.DataFrame, presets: list[str], configs: dict) -> list[tuple[str, str]]:
+def _against_text_only(
+    results: pd.DataFrame, presets: list[str], configs: dict, out: Path
+) -> list[tuple[str, str]]:
     """The section comparing each trained config with TwinBERT seed for seed (``margins``), each config once
-    under its first name (Table 4's "adversarial" is Table 1's acebert); none without a TwinBERT row."""
+    under its first name (Table 4's "adversarial" is Table 1's acebert), with its figure ``out/margins.png``;
+    none without a TwinBERT row."""
     first: dict[tuple, str] = {}
     for p in presets:
         first.setdefault(configs[p], p)
     text = margins.margins_section(results, list(first.values()), TEXT_ONLY)
-    return [(f"Against the text-only preset ({TEXT_ONLY})", text)] if text else []
+    if not text:
+        return []
+    fig = margins.plot_margins(results, list(first.values()), TEXT_ONLY, out / "margins.png")
+    body = f"{text}\n\n{report.figure_link(fig, out / 'report.md', 'each row against ' + TEXT_ONLY)}"
+    return [(f"Against the text-only preset ({TEXT_ONLY})", body)]
 
 
 def _figures(base: Workload, runs: dict, configs: dict, seeds: list[int], out: Path) -> list[tuple[str, str]]:

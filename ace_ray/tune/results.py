@@ -86,7 +86,7 @@ def plots(
     figs = []
     done = table.dropna(subset=[m])
     if PARTITIONS in space.params and len(done):
-        fig = report._new_figure((6, 4))
+        fig = report.new_figure((6, 4))
         ax = fig.add_subplot(111)
         ax.scatter(done[PARTITIONS], done[m], alpha=0.6, label="trial (last report)")
         best = done.groupby(PARTITIONS)[m].agg("max" if space.mode == "max" else "min")
@@ -101,12 +101,12 @@ def plots(
         figs.append(
             (
                 "Metric against the partition number (the paper's Fig. 5)",
-                report._save(fig, out / "fig5_partitions.png"),
+                report.save_figure(fig, out / "fig5_partitions.png"),
             )
         )
     if {PARTITIONS, GAMMA} <= set(space.params) and len(done):
         pivot = done.pivot_table(index=GAMMA, columns=PARTITIONS, values=m, aggfunc="mean")
-        fig = report._new_figure((6, 4))
+        fig = report.new_figure((6, 4))
         ax = fig.add_subplot(111)
         im = ax.imshow(pivot.to_numpy(dtype=float), cmap="viridis", aspect="auto", origin="lower")
         ax.set_xticks(range(pivot.shape[1]), [_fmt(v) for v in pivot.columns])
@@ -116,8 +116,10 @@ def plots(
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w", fontsize=8)
         ax.set(xlabel="partition number P", ylabel="gamma", title=f"{m} (mean over trials)")
         fig.colorbar(im, ax=ax)
-        figs.append(("gamma x partition number", report._save(fig, out / "heatmap_gamma_partitions.png")))
-    fig = report._new_figure((7, 4))
+        figs.append(
+            ("gamma x partition number", report.save_figure(fig, out / "heatmap_gamma_partitions.png"))
+        )
+    fig = report.new_figure((7, 4))
     ax = fig.add_subplot(111)
     for row in table.itertuples():
         c = curves.get(row.trial_id)
@@ -129,7 +131,7 @@ def plots(
     ax.set(xlabel="optimiser step", ylabel=m, title="Every trial's validation curve (x: stopped early)")
     if len(table) <= 12:
         ax.legend(fontsize=7)
-    figs.append(("Every trial's curve", report._save(fig, out / "curves.png")))
+    figs.append(("Every trial's curve", report.save_figure(fig, out / "curves.png")))
     return figs
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.colors
+import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 
-from ace_ray.eval.margins import compare, margins_section, reading
+from ace_ray.eval.margins import COLOURS, compare, margins_section, plot_margins, reading
 
 
 def _results() -> pd.DataFrame:
@@ -57,3 +60,25 @@ def test_the_section_has_a_line_per_trained_row_and_none_without_the_reference()
     assert [x.split(" | ")[0] for x in lines[2:]] == ["| cebert", "| acebert"]  # once each, no twinbert
     assert "| 0, 1, 2 |" in lines[3] and "| 1 |" in lines[2]
     assert margins_section(r[r["method"] != "twinbert"], ["acebert"], "twinbert") == ""
+
+
+def _pixels(png, colour: str) -> int:
+    """How many pixels of ``png`` are ``colour`` (the markers and bars drawn in it, not blended)."""
+    rgb = matplotlib.image.imread(png)[..., :3]
+    return int((np.abs(rgb - np.array(matplotlib.colors.to_rgb(colour))).max(-1) < 0.02).sum())
+
+
+def test_the_figure_colours_each_row_by_its_reading(tmp_path):
+    r = _results()
+    behind = [{"method": "text", "seed": s, "recall@100": 0.50 + 0.01 * s, "cold_recall@100": 0.40}
+              for s in range(3)]  # fmt: skip
+    both = pd.concat([r, pd.DataFrame(behind)], ignore_index=True)
+    png = plot_margins(both, ["twinbert", "cebert", "acebert", "text"], "twinbert", tmp_path / "m.png")
+    # acebert: ahead beyond the spread on Recall@100, within it on cold; cebert: one seed; text: behind.
+    assert all(_pixels(png, COLOURS[v]) > 20 for v in ("ahead", "within", "one seed", "behind"))
+    # Without the row that is behind, nothing is red; without the reference or other rows, nothing is drawn.
+    png = plot_margins(r, ["twinbert", "acebert"], "twinbert", tmp_path / "m2.png")
+    assert _pixels(png, COLOURS["ahead"]) > 20 and _pixels(png, COLOURS["behind"]) == 0
+    assert plot_margins(r[r["method"] != "twinbert"], ["acebert"], "twinbert", tmp_path / "m3.png") is None
+    assert plot_margins(r, ["twinbert"], "twinbert", tmp_path / "m4.png") is None
+    assert not (tmp_path / "m3.png").exists() and not (tmp_path / "m4.png").exists()

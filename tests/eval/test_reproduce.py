@@ -191,18 +191,20 @@ def test_a_row_is_compared_with_the_row_above_it_that_the_report_has():
     assert reproduce_module._regressions(part.iloc[:1], rows) == ""  # one row: nothing to compare
 
 
-def test_each_trained_config_is_compared_with_twinbert_once_under_its_first_name():
+def test_each_trained_config_is_compared_with_twinbert_once_under_its_first_name(tmp_path):
     presets = ["twinbert", "cebert", "acebert", "none", "adversarial"]
     configs = {"twinbert": ("t",), "cebert": ("c",), "acebert": ("a",), "none": ("c",), "adversarial": ("a",)}
     results = pd.DataFrame([{"method": p, "seed": s, "recall@100": 0.6 + 0.01 * s + (p != "twinbert") * 0.05}
                             for p in presets for s in (0, 1)])  # fmt: skip
-    ((title, text),) = reproduce_module._against_text_only(results, presets, configs)
+    ((title, text),) = reproduce_module._against_text_only(results, presets, configs, tmp_path)
     assert title == "Against the text-only preset (twinbert)"
+    assert text.endswith("![each row against twinbert](margins.png)") and (tmp_path / "margins.png").is_file()
     lines = [x for x in text.splitlines() if x.startswith("| ")][2:]
     assert [x.split(" | ")[0] for x in lines] == ["| cebert", "| acebert"]
     assert "+0.0500 (1.08x), ahead on 2 of 2 seeds; **ahead by more than the spread** (0.0071)" in lines[0]
     no_twinbert = results[results["method"] != "twinbert"]
-    assert reproduce_module._against_text_only(no_twinbert, presets[1:], configs) == []
+    assert reproduce_module._against_text_only(no_twinbert, presets[1:], configs, tmp_path / "none") == []
+    assert not (tmp_path / "none").exists()
 
 
 def test_figures_come_from_the_first_seed_whose_two_runs_kept_their_evaluation_directories(tmp_path):
