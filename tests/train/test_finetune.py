@@ -41,7 +41,10 @@ def history(w, run_id: str, key: str) -> dict[int, float]:
 
 
 def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
-    w = workload(shop, tmp_path, "cebert", "finetune.train.epochs=5")
+    """One run (a Ray Train start-up is the suite's dearest resource) with the image loss on: the photo against
+    the other products of the positive's category (read from the batch files), beside the main loss."""
+    w = workload(shop, tmp_path, "cebert", "finetune.image_loss_weight=0.5", "finetune.image_negatives=same_category",
+                 "finetune.train.epochs=5")  # fmt: skip
     res = run_finetune(w)
     main = history(w, res["run_id"], "main")
     steps = sorted(main)
@@ -62,6 +65,13 @@ def test_finetuning_learns_to_match_and_saves_reloadable_towers(shop, tmp_path):
     ids = torch.tensor([[101, 2417, 102, 0]])
     q = towers.encode_queries(ids, (ids > 0).long())
     assert q.shape == (1, 128) and torch.allclose(q.norm(dim=-1), torch.ones(1), atol=1e-5)
+    # The image loss: at step 1 the image projection is still zero, so it is that of a uniform guess among each
+    # pair's candidates: far below the main loss's (every product of the batch), as only the positive's
+    # category is left in it. The photo's share of the product vector grows from zero.
+    image, share = history(w, res["run_id"], "image"), history(w, res["run_id"], "image_share")
+    assert 0 < image[1] < main[1] - 1
+    assert share[1] < share[max(share)] and share[max(share)] > 0
+    assert info["fusion"] == "apart" and towers.additive  # the default fusion: the photo pooled apart
 
 
 def _expected_steps(w, total: int) -> tuple[dict[int, float], list[dict[int, float]]]:
@@ -202,25 +212,11 @@ def test_hot_query_leave_out_shows_a_share_of_products_without_the_pairs_own_que
     assert both[:100].all() and 0.4 < both[100:].float().mean() < 0.6
 
 
-def test_the_image_loss_matches_the_photo_alone_against_its_categorys_products(shop, tmp_path):
-    # A weight without image vectors to weigh (the paper's joint fusion) would do nothing: refused before any
-    # worker starts.
+def test_an_image_loss_with_nothing_to_weigh_is_refused_before_any_worker_starts(shop, tmp_path):
+    # A weight without image vectors to weigh (the paper's joint fusion) would do nothing.
     with pytest.raises(ValueError, match="image_loss_weight"):
         run_finetune(
             workload(shop, tmp_path, "cebert", "finetune.fusion=joint", "finetune.image_loss_weight=0.5")
         )
     with pytest.raises(ValueError, match="image_negatives"):
         run_finetune(workload(shop, tmp_path, "cebert", "finetune.image_negatives=same_category"))
-    # The photo against the other products of the positive's category (read from the batch files).
-    w = workload(shop, tmp_path, "cebert", "finetune.fusion=apart", "finetune.image_loss_weight=0.5",
-                 "finetune.image_negatives=same_category", "finetune.train.epochs=4")  # fmt: skip
-    res = run_finetune(w)
-    image, share = history(w, res["run_id"], "image"), history(w, res["run_id"], "image_share")
-    main = history(w, res["run_id"], "main")
-    # At step 1 the image projection is still zero, so the image loss is that of a uniform guess among each
-    # pair's candidates: far below the main loss's (every product of the batch), as only the positive's
-    # category is left in it.
-    assert 0 < image[1] < main[1] - 1
-    assert share[max(share)] > 0
-    towers, info = load_towers(res["model_dir"])
-    assert info["fusion"] == "apart" and towers.additive
