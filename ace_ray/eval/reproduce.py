@@ -308,10 +308,11 @@ def _against_text_only(
     first: dict[tuple, str] = {}
     for p in presets:
         first.setdefault(configs[p], p)
-    text = margins.margins_section(results, list(first.values()), TEXT_ONLY)
+    rows = list(first.values())
+    text = margins.margins_section(results, rows, TEXT_ONLY)
     if not text:
         return []
-    fig = margins.plot_margins(results, list(first.values()), TEXT_ONLY, out / "margins.png")
+    fig = margins.plot_margins(results, rows, TEXT_ONLY, out / "margins.png")
     body = f"{text}\n\n{report.figure_link(fig, out / 'report.md', 'each row against ' + TEXT_ONLY)}"
     return [(f"Against the text-only preset ({TEXT_ONLY})", body)]
 
