@@ -98,6 +98,7 @@ class Ledger:
         if not self.path.is_file():
             return
         lines = self.path.read_text().splitlines()
+        gone = []
         for n, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
@@ -107,8 +108,10 @@ class Ledger:
                     continue
                 raise ConfigError(f"{self.path}:{n}: not a JSON entry ({exc})") from exc
             if entry.get("kind") == "pretrain":
-                if self._kept(n, entry["model_dir"], "pretraining"):
+                if Path(entry["model_dir"]).is_dir():
                     self.pretrained[tuple(entry["key"])] = entry["model_dir"]
+                else:
+                    self._say_gone(n, entry["model_dir"], "pretraining")
             elif entry.get("kind") == "finetune":
                 run = {
                     "run_id": entry["run_id"],
@@ -118,20 +121,25 @@ class Ledger:
                 run |= {k: entry[k] for k in FACTS if k in entry}
                 self.runs[(tuple(entry["config"]), entry["seed"])] = run
             elif entry.get("kind") == "trained":
-                if self._kept(n, entry["model_dir"], "fine-tuning"):
-                    self.trained[(tuple(entry["config"]), entry["seed"])] = {
+                key = (tuple(entry["config"]), entry["seed"])
+                if Path(entry["model_dir"]).is_dir():
+                    self.trained[key] = {
                         k: entry[k] for k in ("run_id", "model_dir", "reused_from") if k in entry
                     }
+                else:
+                    gone.append((n, key, entry["model_dir"]))
             else:
                 raise ConfigError(f"{self.path}:{n}: unknown entry kind {entry.get('kind')!r}")
+        # A fine-tuned model that is gone matters only where it is still to be evaluated here (its evaluation
+        # may come later in the file), or to a report that would reuse it.
+        for n, key, model_dir in gone:
+            if self.read_only or key not in self.runs:
+                self._say_gone(n, model_dir, "fine-tuning")
 
-    def _kept(self, n: int, model_dir: str, stage: str) -> bool:
-        """Whether line ``n``'s model directory is still there; if not, that stage is done again."""
-        if Path(model_dir).is_dir():
-            return True
+    def _say_gone(self, n: int, model_dir: str, stage: str) -> None:
+        """Line ``n``'s model directory is gone: that stage is done again (or, read for reuse, not reused)."""
         print(f"[reproduce] {self.path}:{n}: {model_dir} is gone; that {stage} is "
               f"{'not reused' if self.read_only else 'redone'}")  # fmt: skip
-        return False
 
     def _append(self, entry: dict) -> None:
         with self.path.open("a") as f:

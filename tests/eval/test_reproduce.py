@@ -263,7 +263,7 @@ def test_a_row_is_a_preset_with_overrides():
         row_overrides("acebrt")
 
 
-def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_shop, tmp_path):
+def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_shop, tmp_path, capsys):
     w = featurised_shop[0]
     ledger = Ledger(tmp_path, w, resume=False)
     ledger.add_pretrain(("True", "True", "True", "False"), str(tmp_path))
@@ -271,10 +271,20 @@ def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_s
     ledger.add_run((("a=1",), 0), {"run_id": "r0", "metrics": {"gauc": 0.6}, "eval_dir": tmp_path})
     ledger.add_trained((("b=1",), 0), "r1", str(tmp_path))  # trained, its evaluation never finished
     ledger.add_trained((("c=1",), 0), "r2", str(tmp_path / "deleted"))
+    ledger.add_trained(
+        (("d=1",), 0), "r3", str(tmp_path / "deleted")
+    )  # evaluated below: its model is not needed
+    ledger.add_run((("d=1",), 0), {"run_id": "r3", "metrics": {"gauc": 0.5}, "eval_dir": tmp_path})
     with ledger.path.open("a") as f:
         f.write('{"kind": "finetune", "config": ["a=1"], "se')  # the process died mid-write
+    capsys.readouterr()
     again = Ledger(tmp_path, w, resume=True)
-    assert list(again.runs) == [(("a=1",), 0)] and again.runs[(("a=1",), 0)]["metrics"] == {"gauc": 0.6}
+    said = capsys.readouterr().out
+    assert "runs.jsonl:2: " in said and "runs.jsonl:5: " in said and "that fine-tuning is redone" in said
+    assert "runs.jsonl:6: " not in said  # a finished fine-tuning whose model is gone is not done again
+    assert list(again.runs) == [(("a=1",), 0), (("d=1",), 0)] and again.runs[(("a=1",), 0)]["metrics"] == {
+        "gauc": 0.6
+    }
     assert list(again.pretrained) == [("True", "True", "True", "False")]  # its model directory is gone
     assert again.trained == {(("b=1",), 0): {"run_id": "r1", "model_dir": str(tmp_path)}}
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
