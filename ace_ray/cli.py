@@ -16,6 +16,8 @@ from ace_ray.data.feature_store import FeatureMismatch
 from ace_ray.data.schema import SchemaError
 from ace_ray.model.presets import load_with_preset
 
+QUICKSTART = "workloads/quickstart.yaml"  # relative to where the command runs: the checkout
+
 EPILOG = """examples:
   ace-ray synth --out data/shop --products 5000
   ace-ray import fashion-products --src ../shared/data/fashion-products --out data/fp
@@ -28,8 +30,8 @@ EPILOG = """examples:
 Without RAY_ADDRESS a local Ray listening on 127.0.0.1 is started; with it, the command joins that cluster."""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", metavar="YAML", help="workload config file (default: built-in defaults)")
+def _common(p: argparse.ArgumentParser, default: str = "built-in defaults") -> None:
+    p.add_argument("--workload", metavar="YAML", help=f"workload config file (default: {default})")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. data.synth.seed=3"
     )
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "is a fine-tuning on Ray Train, measured on validation days carved from the training "
                        "days (data.val_days), stopped early by ASHA; then the best configuration is trained on "
                        "train + validation days and evaluated once on the test days. Results in "
-                       "<ray.storage_path>/tune/<name>/ (trials.csv, best.yaml, report.md) and in MLflow.")  # fmt: skip
+                       "<ray.storage_path>/tune/<name>-<time>/ (trials.csv, best.yaml, report.md) and in MLflow.")  # fmt: skip
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--space", metavar="YAML", help="search space file (tune_spaces/*.yaml)")
     src.add_argument(
@@ -261,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="every stage, end to end, small, on this machine",
                        description="Run every stage end to end on the embedded synthetic data.")  # fmt: skip
-    _common(p)
+    _common(p, default=f"{QUICKSTART}, the small job, from the checkout")
 
     p = sub.add_parser("config", help="print the effective workload config",
                        description="Print the workload after the preset and overrides, as it would be saved with a "
@@ -291,11 +293,25 @@ def _absolute_paths(args: argparse.Namespace) -> None:
             setattr(args, name, _absolute(getattr(args, name)))
 
 
+def _workload(args: argparse.Namespace) -> Workload:
+    """The command's workload: ``--workload`` (the quickstart's own file if none) with the preset beneath the
+    overrides."""
+    path = args.workload
+    if path is None and args.command == "quickstart":
+        # The built-in defaults are a full-size shop (5,000 products, 4 layers): not what "quickstart" promises.
+        path = QUICKSTART
+        if not Path(path).is_file():
+            raise ConfigError(
+                f"no --workload and no {path} here: run it in the ace-ray checkout or name a workload"
+            )
+    return load_with_preset(path, _overrides(args), getattr(args, "preset", None))
+
+
 def run(args: argparse.Namespace) -> int:
     from ace_ray import jobs
 
     _absolute_paths(args)
-    workload: Workload = load_with_preset(args.workload, _overrides(args), getattr(args, "preset", None))
+    workload = _workload(args)
     if args.command == "config":
         print(dump_config(workload), end="")
     elif args.command == "synth":

@@ -29,6 +29,18 @@ def test_config_shows_effective_workload(capsys):
     assert cfg["data"]["synth"]["products"] == 7 and cfg["name"] == "quickstart"
 
 
+def test_quickstart_without_a_workload_is_the_small_job(tmp_path, monkeypatch, capsys):
+    from ace_ray.cli import _workload, parse
+
+    small = _workload(parse(["quickstart", "data.synth.seed=3"]))
+    assert small.name == "quickstart" and small.data.synth.products == 2000 and small.data.synth.seed == 3
+    monkeypatch.chdir(
+        tmp_path
+    )  # outside the checkout there is no quickstart workload: said, not the defaults run
+    assert main(["quickstart"]) == 2
+    assert "no --workload and no workloads/quickstart.yaml here" in capsys.readouterr().err
+
+
 def test_config_errors_exit_2_naming_the_key(capsys):
     assert main(["config", "data.synth.prodcts=7"]) == 2
     assert "unknown key 'data.synth.prodcts'" in capsys.readouterr().err
