@@ -271,9 +271,8 @@ def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_s
     ledger.add_run((("a=1",), 0), {"run_id": "r0", "metrics": {"gauc": 0.6}, "eval_dir": tmp_path})
     ledger.add_trained((("b=1",), 0), "r1", str(tmp_path))  # trained, its evaluation never finished
     ledger.add_trained((("c=1",), 0), "r2", str(tmp_path / "deleted"))
-    ledger.add_trained(
-        (("d=1",), 0), "r3", str(tmp_path / "deleted")
-    )  # evaluated below: its model is not needed
+    # Evaluated below, so its gone model is not needed.
+    ledger.add_trained((("d=1",), 0), "r3", str(tmp_path / "deleted"))
     ledger.add_run((("d=1",), 0), {"run_id": "r3", "metrics": {"gauc": 0.5}, "eval_dir": tmp_path})
     with ledger.path.open("a") as f:
         f.write('{"kind": "finetune", "config": ["a=1"], "se')  # the process died mid-write
