@@ -34,9 +34,8 @@ def test_quickstart_without_a_workload_is_the_small_job(tmp_path, monkeypatch, c
 
     small = _workload(parse(["quickstart", "data.synth.seed=3"]))
     assert small.name == "quickstart" and small.data.synth.products == 2000 and small.data.synth.seed == 3
-    monkeypatch.chdir(
-        tmp_path
-    )  # outside the checkout there is no quickstart workload: said, not the defaults run
+    # Outside the checkout there is no quickstart workload: that is said, the defaults are not run.
+    monkeypatch.chdir(tmp_path)
     assert main(["quickstart"]) == 2
     assert "no --workload and no workloads/quickstart.yaml here" in capsys.readouterr().err
 

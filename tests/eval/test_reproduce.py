@@ -281,9 +281,8 @@ def test_ledger_skips_a_cut_short_last_entry_and_names_a_broken_one(featurised_s
     said = capsys.readouterr().out
     assert "runs.jsonl:2: " in said and "runs.jsonl:5: " in said and "that fine-tuning is redone" in said
     assert "runs.jsonl:6: " not in said  # a finished fine-tuning whose model is gone is not done again
-    assert list(again.runs) == [(("a=1",), 0), (("d=1",), 0)] and again.runs[(("a=1",), 0)]["metrics"] == {
-        "gauc": 0.6
-    }
+    assert list(again.runs) == [(("a=1",), 0), (("d=1",), 0)]
+    assert again.runs[(("a=1",), 0)]["metrics"] == {"gauc": 0.6}
     assert list(again.pretrained) == [("True", "True", "True", "False")]  # its model directory is gone
     assert again.trained == {(("b=1",), 0): {"run_id": "r1", "model_dir": str(tmp_path)}}
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
